@@ -220,6 +220,23 @@ std::pair<at::Tensor, at::Tensor> TokenDataset::sequential_batch(int64_t index, 
   return batch_at(blocks * block_size, block_size);
 }
 
+TokenDataset load_tokens(const std::string& path, int64_t vocab_size) {
+  if (fs::path(path).extension() == ".bin") return TokenDataset::from_bin(path, vocab_size);
+  auto text = TokenDataset::from_text_file(path);
+  return vocab_size > 0 ? TokenDataset::from_tokens(text.tokens(), vocab_size, path) : text;
+}
+
+std::pair<TokenDataset, TokenDataset> bin_train_val(const std::string& dir, int64_t vocab_size) {
+  const std::string train_path = (fs::path(dir) / "train.bin").string();
+  const std::string val_path = (fs::path(dir) / "val.bin").string();
+  auto train = TokenDataset::from_bin(train_path, vocab_size);
+  auto val = TokenDataset::from_bin(val_path, vocab_size);
+  if (vocab_size > 0) return {train, val};
+  const int64_t v = std::max(train.vocab_size(), val.vocab_size());
+  return {TokenDataset::from_tokens(train.tokens(), v, train_path),
+          TokenDataset::from_tokens(val.tokens(), v, val_path)};
+}
+
 void write_bin(const TokenDataset& data, const std::string& path) {
   TORCH_CHECK(data.size() > 0, "write_bin('", path, "'): dataset is empty");
   TORCH_CHECK(data.vocab_size() <= 65536, "write_bin('", path, "'): vocab_size ",

@@ -233,6 +233,14 @@ TEST(Tokens, BinRoundTripWithLargeTokens) {
                {dir.file("odd.bin"), "odd byte count 17"});
   write_file(dir.file("empty.bin"), {});
   expect_error([&] { TokenDataset::from_bin(dir.file("empty.bin")); }, {dir.file("empty.bin"), "empty"});
+
+  // A nanoGPT data directory: both splits share the larger vocabulary.
+  write_file(dir.file("val.bin"), {44, 1, 3, 0});  // tokens 300, 3
+  auto [train, val] = specopt::bin_train_val(dir.str());
+  EXPECT_EQ(train.vocab_size(), 65536);
+  EXPECT_EQ(val.vocab_size(), 65536);
+  EXPECT_TRUE(at::equal(val.tokens().to(at::kLong), at::tensor({300, 3}, at::kLong)));
+  EXPECT_EQ(specopt::load_tokens(dir.file("val.bin")).vocab_size(), 301);
 }
 
 TEST(Tokens, TextFileIsBytes) {
@@ -246,6 +254,10 @@ TEST(Tokens, TextFileIsBytes) {
     EXPECT_EQ(d.tokens()[i].item<int64_t>(), static_cast<unsigned char>(text[i])) << i;
   }
   EXPECT_EQ(d.tokens()[static_cast<int64_t>(text.size()) - 1].item<int64_t>(), 255);
+  EXPECT_EQ(specopt::load_tokens(dir.file("t.txt")).vocab_size(), 256);
+  EXPECT_EQ(specopt::load_tokens(dir.file("t.txt"), 300).vocab_size(), 300);
+  expect_error([&] { specopt::load_tokens(dir.file("t.txt"), 128); },
+               {dir.file("t.txt"), "token 255", "vocab_size 128"});
   write_file(dir.file("empty.txt"), {});
   expect_error([&] { TokenDataset::from_text_file(dir.file("empty.txt")); },
                {dir.file("empty.txt"), "empty"});

@@ -70,6 +70,14 @@ class TokenDataset {
   std::string name_;
 };
 
+// A token file by its extension: "*.bin" → TokenDataset::from_bin(path,
+// vocab_size); anything else is text → from_text_file (vocab 256), or, when
+// vocab_size > 0, its bytes with that vocab_size (every byte must be below it).
+TokenDataset load_tokens(const std::string& path, int64_t vocab_size = 0);
+// nanoGPT's prepared data directory: <dir>/train.bin and <dir>/val.bin; with
+// vocab_size 0 both get max(token) + 1 over the two files.
+std::pair<TokenDataset, TokenDataset> bin_train_val(const std::string& dir, int64_t vocab_size = 0);
+
 // Writes the nanoGPT .bin format (uint16 little-endian). Requires vocab ≤ 65536.
 void write_bin(const TokenDataset& data, const std::string& path);
 
