@@ -298,7 +298,10 @@ std::string kjv_text_file(const std::string& cache_dir) {
   TORCH_CHECK(!ec, "cannot create cache directory '", cache_dir, "': ", ec.message());
 
   const char* command = "bible -f \"Gen1:1-Rev22:21\"";
-  FILE* pipe = popen(command, "r");
+  // Exit status 127 (without the shell's own "not found" noise) when `bible` is absent.
+  const std::string script =
+      fmt::format("command -v bible >/dev/null 2>&1 || exit 127; exec {}", command);
+  FILE* pipe = popen(script.c_str(), "r");
   TORCH_CHECK(pipe != nullptr, "cannot run `", command, "`: ", std::strerror(errno));
   std::string text;
   char buffer[1 << 16];
