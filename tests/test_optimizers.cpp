@@ -354,6 +354,16 @@ TEST(Robustness, NonFiniteGradientThrowsNamingParameterAndChangesNothing) {
   }
 }
 
+TEST(Robustness, HugeFiniteGradientsAreNotReportedAsNonFinite) {
+  // Their float32 sum overflows; the entries are finite.
+  auto big = at::full({4, 4}, 3e38, at::kFloat);
+  EXPECT_NO_THROW(specopt::check_finite_grads({big, at::ones({3})}, {"big", "ones"}));
+  big[2][1] = -INFINITY;
+  expect_error([&] { specopt::check_finite_grads({at::ones({3}), big}, {"ones", "big"}); },
+               {"big", "0 NaN and 1 Inf of 16"});
+  expect_error([&] { specopt::check_finite_grads({at::ones({3}), big}, {}); }, {"gradient 1"});
+}
+
 TEST(Robustness, ZeroGradientsGiveAFiniteStep) {
   for (const auto& v : specopt::named_variants()) {
     auto params = make_params(at::kFloat);
