@@ -2,8 +2,10 @@
 // translation, the transform Ψ_p and the variant/method tables. The
 // optimizer steps are bound in optim.cpp.
 //
-// Errors: the core raises c10::Error subclasses; the translator below maps
-//   c10::ValueError (TORCH_CHECK_VALUE: a bad option, name or range)  -> ValueError
+// Errors: the core raises c10::Error subclasses; option validators called
+// through as_value_error (bindings.h) raise ValueError, and the translator
+// below maps what escapes from the computations:
+//   c10::ValueError (TORCH_CHECK_VALUE: a bad option, e.g. p's range) -> ValueError
 //   c10::TypeError / IndexError / NotImplementedError                 -> the Python namesakes
 //   any other c10::Error (non-finite input, shapes, numerics)         -> RuntimeError
 // always with the C++ message (without the C++ backtrace).
@@ -78,7 +80,8 @@ const std::vector<SpectralField>& spectral_fields() {
       {"method", "a method name",
        [](const SpectralOptions& o) { return py::cast(method_name(o.method())); },
        [](SpectralOptions& o, py::handle v) {
-         o.method(parse_method(cast_option<std::string>("method", "a method name", v)));
+         const auto name = cast_option<std::string>("method", "a method name", v);
+         o.method(as_value_error([&] { return parse_method(name); }));
        }},
       SPECOPT_NUMERIC_FIELD(tol, double, "a float"),
       SPECOPT_NUMERIC_FIELD(iterations, int64_t, "an int"),
@@ -87,8 +90,8 @@ const std::vector<SpectralField>& spectral_fields() {
       {"ns_coefficients", "a coefficient set name",
        [](const SpectralOptions& o) { return py::cast(ns_coefficients_name(o.ns_coefficients())); },
        [](SpectralOptions& o, py::handle v) {
-         o.ns_coefficients(parse_ns_coefficients(
-             cast_option<std::string>("ns_coefficients", "a coefficient set name", v)));
+         const auto name = cast_option<std::string>("ns_coefficients", "a coefficient set name", v);
+         o.ns_coefficients(as_value_error([&] { return parse_ns_coefficients(name); }));
        }},
       {"compute_dtype", "a torch.dtype or None",
        [](const SpectralOptions& o) -> py::object {
@@ -152,6 +155,17 @@ SpectralOptions spectral_options_from(const py::dict& options, SpectralOptions b
   return base;
 }
 
+py::dict spectral_options_dict(const SpectralOptions& options) {
+  const SpectralOptions defaults;
+  py::dict d;
+  for (const auto& f : spectral_fields()) {
+    if (std::string(f.name) == "method") continue;
+    py::object value = f.get(options);
+    if (!value.equal(f.get(defaults))) d[f.name] = value;
+  }
+  return d;
+}
+
 py::dict spectral_option_defaults() {
   const SpectralOptions defaults;
   py::dict d;
@@ -188,7 +202,7 @@ PYBIND11_MODULE(_C, m) {
       [](const at::Tensor& tensor, double p, const std::string& method, bool return_info,
          const py::kwargs& kwargs) -> py::object {
         SpectralOptions options = spectral_options_from(kwargs);
-        options.method(parse_method(method));
+        options.method(as_value_error([&] { return parse_method(method); }));
         SpectralInfo info;
         at::Tensor result;
         {
@@ -224,9 +238,13 @@ PYBIND11_MODULE(_C, m) {
            << ")";
         return os.str();
       });
-  m.def("parse_variant", &parse_variant, py::arg("name"),
+  m.def(
+      "parse_variant",
+      [](const std::string& name) { return as_value_error([&] { return parse_variant(name); }); },
+      py::arg("name"),
         "Parse a variant name ('AdamS', 'mSGDZ', 'adam:p=0.3', case-insensitive).");
   m.def("named_variants", &named_variants,
         "The eight named variants in table order (Adam, AdamS, AdamQ, AdamZ, mSGD, ...).");
 
+  bind_optim(m);
 }
