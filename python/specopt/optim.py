@@ -50,8 +50,9 @@ class _SpectralOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One optimizer step. Raises RuntimeError, before anything changes, if a
-        gradient holds NaN or Inf (naming the parameter)."""
+        """One optimizer step. Before anything changes, raises ValueError/TypeError if a
+        group's options are bad (groups may be edited between steps) and RuntimeError if
+        a gradient holds NaN or Inf (naming the parameter)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -63,6 +64,8 @@ class _SpectralOptimizer(torch.optim.Optimizer):
                     grads.append(p.grad)
                     names.append(self._param_name(g, i, group))
         _C.check_finite_grads(grads, names)
+        for group in self.param_groups:
+            _CHECK[group["update"]](group)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
