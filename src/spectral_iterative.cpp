@@ -303,10 +303,10 @@ Method resolve_auto(const at::Tensor& O, double p, const SpectralOptions& o) {
 
 at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o,
                         SpectralInfo* info) {
-  TORCH_CHECK(o.newton_lower() > 0 && o.newton_lower() <= 1,
+  TORCH_CHECK_VALUE(o.newton_lower() > 0 && o.newton_lower() <= 1,
               "spectral_power: newton_lower must lie in (0, 1], got ", o.newton_lower());
-  TORCH_CHECK(o.iterations() >= 0, "spectral_power: iterations must be >= 0, got ", o.iterations());
-  TORCH_CHECK(o.tol() > 0, "spectral_power: tol must be > 0, got ", o.tol());
+  TORCH_CHECK_VALUE(o.iterations() >= 0, "spectral_power: iterations must be >= 0, got ", o.iterations());
+  TORCH_CHECK_VALUE(o.tol() > 0, "spectral_power: tol must be > 0, got ", o.tol());
   if (p > 0 && p < 0.5) {
     // Ψ_p = Ψ_{2p} ∘ Ψ_½. Ψ_½ halves the spectral range (σ ↦ σ^{1/2}), so the
     // second Gram matrix has condition number cond(O) instead of cond(O)²:
@@ -339,10 +339,10 @@ at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o,
 
 at::Tensor newton_schulz_power(const at::Tensor& X, double p, const SpectralOptions& o,
                                SpectralInfo* info) {
-  TORCH_CHECK(p == 0.0,
+  TORCH_CHECK_VALUE(p == 0.0,
               "spectral_power: method 'newton_schulz' computes only p = 0 (the polar factor), got p = ",
               p, "; use newton, eigh or svd");
-  TORCH_CHECK(o.ns_steps() >= 1, "spectral_power: ns_steps must be >= 1, got ", o.ns_steps());
+  TORCH_CHECK_VALUE(o.ns_steps() >= 1, "spectral_power: ns_steps must be >= 1, got ", o.ns_steps());
   return quintic_newton_schulz(X, o.ns_steps(), o.ns_coefficients(), info);
 }
 
@@ -356,7 +356,7 @@ at::Tensor paper_power(const at::Tensor& X, double p, const SpectralOptions& o, 
   }
   if (p == 0.5) return paper_half(X, info);
   if (p == 0.25) return paper_half(paper_half(X, info), info);
-  TORCH_CHECK(false, "spectral_power: method 'paper' supports only p in {0, 0.25, 0.5, 1}, got p = ",
+  TORCH_CHECK_VALUE(false, "spectral_power: method 'paper' supports only p in {0, 0.25, 0.5, 1}, got p = ",
               p, "; use newton, eigh or svd for other p");
 }
 
@@ -377,7 +377,7 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
   } else if (method == Method::kEigh && o.tol() < 1e-3) {
     compute = at::kDouble;
   }
-  TORCH_CHECK(at::isFloatingType(compute),
+  TORCH_CHECK_VALUE(at::isFloatingType(compute),
               "spectral_power: compute_dtype must be a floating-point type, got ", compute);
   // Work on the tall orientation so the Gram matrix is the smaller one.
   const bool wide = O.size(-2) < O.size(-1);

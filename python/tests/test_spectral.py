@@ -41,12 +41,7 @@ def test_every_method_approximates_polar_factor(method):
     # in roughly [0.7, 1.2], hence its looser bound.
     O = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))[0] @ torch.diag(
         torch.linspace(0.5, 2.0, 16, dtype=torch.float64))
-    try:
-        out = specopt.spectral_power(O.float(), 0.0, method)
-    except RuntimeError as e:
-        if "not implemented" in str(e):
-            pytest.skip(str(e))
-        raise
+    out = specopt.spectral_power(O.float(), 0.0, method)
     ref = svd_power(O, 0.0)
     bound = 0.35 if method in ("newton_schulz", "paper") else 1e-3
     assert (out.double() - ref).abs().max().item() < bound
@@ -108,6 +103,12 @@ def test_errors_carry_cpp_messages():
         specopt.spectral_power(O, 0.0, tolerance=1e-3)
     with pytest.raises(ValueError, match="unknown Newton-Schulz coefficient set 'x'"):
         specopt.spectral_power(O, 0.0, ns_coefficients="x")
+    with pytest.raises(ValueError, match="method 'newton_schulz' computes only p = 0"):
+        specopt.spectral_power(O, 0.5, "newton_schulz")
+    with pytest.raises(ValueError, match="method 'paper' supports only p in"):
+        specopt.spectral_power(O, 0.3, "paper")
+    with pytest.raises(ValueError, match="tol must be > 0, got -1"):
+        specopt.spectral_power(O, 0.5, "newton", tol=-1.0)
     with pytest.raises(TypeError, match="'iterations' must be an int"):
         specopt.spectral_power(O, 0.0, iterations=2.5)
     with pytest.raises(TypeError, match="'compute_dtype' must be a torch.dtype"):
@@ -131,3 +132,13 @@ def test_variant_table_is_the_cpp_one():
         specopt.parse_variant("Lion")
     with pytest.raises(ValueError, match=r"p must lie in \[-0.5, 1\]"):
         specopt.parse_variant("adam:p=2")
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.3])
+def test_newton_iterates_to_the_reference(p):
+    O = torch.randn(20, 8, dtype=torch.float64)
+    out, info = specopt.spectral_power(O, p, "newton", tol=1e-9, return_info=True)
+    assert info["method"] == "newton" and info["iterations"] > 0 and info["matmul_flops"] > 0
+    ref = svd_power(O, info["p_effective"])  # newton computes a rational k/q close to p
+    assert abs(info["p_effective"] - p) < 1e-2
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-6
