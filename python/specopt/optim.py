@@ -42,6 +42,12 @@ class _SpectralOptimizer(torch.optim.Optimizer):
             del self.param_groups[-1]
             raise
 
+    def __getstate__(self):  # torch keeps only defaults/state/param_groups; keep .variant too
+        state = super().__getstate__()
+        if hasattr(self, "variant"):
+            state["variant"] = self.variant
+        return state
+
     def _param_name(self, g, i, group):
         names = group.get("param_names")
         if names is not None and i < len(names):

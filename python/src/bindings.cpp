@@ -232,6 +232,12 @@ PYBIND11_MODULE(_C, m) {
       .def_readonly("name", &Variant::name)
       .def_property_readonly("family", [](const Variant& v) { return family_name(v.family); })
       .def_readonly("p", &Variant::p)
+      .def("__eq__", [](const Variant& a, const Variant& b) {
+        return a.name == b.name && a.family == b.family && a.p == b.p;
+      })
+      // Pickled by its canonical name (copy.deepcopy / pickle of an optimizer holding one).
+      .def(py::pickle([](const Variant& v) { return py::make_tuple(v.name); },
+                      [](const py::tuple& t) { return parse_variant(t[0].cast<std::string>()); }))
       .def("__repr__", [](const Variant& v) {
         std::ostringstream os;
         os << "Variant(name='" << v.name << "', family='" << family_name(v.family) << "', p=" << v.p

@@ -316,3 +316,11 @@ def test_non_finite_gradient_raises_before_any_change(variant):
     for k, s in state["state"].items():
         for key, v in s.items():
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(after["state"][k][key]))
+
+
+def test_optimizer_deepcopies_and_pickles():
+    import pickle
+
+    opt = specopt.make_optimizer(TinyNet(), "adam:p=0.3")
+    assert copy.deepcopy(opt).variant == opt.variant
+    assert pickle.loads(pickle.dumps(opt.variant)) == specopt.parse_variant("adam:p=0.3")
