@@ -182,27 +182,24 @@ int main(int argc, char** argv) {
             method == specopt::Method::kPaper && p == 0.0
                 ? std::sqrt(std::max(1.0, double(shape.rows) / double(shape.cols)))
                 : 1.0;
-        specopt::SpectralInfo info;
+        specopt::SpectralInfo info[2];  // counters of the last call per family
         double err[2];
         std::vector<double> times;
         for (int f = 0; f < 2; ++f) {
-          // The Gaussian input is also the timed one: first call is a warm-up
-          // outside --quick, then `reps` timed calls.
+          // The Gaussian input is also the timed one: a warm-up call (not in
+          // --quick), then `reps` timed calls.
           const int calls = f == 0 ? (quick ? reps : reps + 1) : 1;
           at::Tensor Y;
           for (int c = 0; c < calls; ++c) {
             const auto t0 = Clock::now();
-            Y = specopt::spectral_power(inputs[f], p, options, &info);
+            Y = specopt::spectral_power(inputs[f], p, options, &info[f]);
             const double t = seconds_since(t0);
             if (f == 0 && (quick || c > 0)) times.push_back(t);
           }
           err[f] = rel_err(Y, expect[f] * target_scale);
         }
-        // Counters of the last (geometric) call; the Gaussian FLOPs can differ
-        // for newton (tolerance stop), so record both.
-        const double flops_geo = info.matmul_flops;
-        specopt::SpectralInfo info_g;
-        specopt::spectral_power(inputs[0], p, options, &info_g);
+        const specopt::SpectralInfo& info_g = info[0];
+        const double flops_geo = info[1].matmul_flops;
         const double t_med = median(times);
         const double gflops = info_g.matmul_flops / t_med / 1e9;
         row.update({{"resolved_method", specopt::method_name(info_g.method)},
@@ -216,7 +213,7 @@ int main(int argc, char** argv) {
                     {"gemm_gflops_per_s", rate},
                     {"gemm_efficiency", gflops / rate},
                     {"iterations", info_g.iterations},
-                    {"iterations_geometric", info.iterations},
+                    {"iterations_geometric", info[1].iterations},
                     {"p_effective", info_g.p_effective}});
         results.push_back(row);
         fmt::print("{:>10} {:>14} {:>5} {:>10.4f} {:>10.2e} {:>10.2e} {:>9.2f} {:>7.1f} {:>6.2f} {:>6}\n",
