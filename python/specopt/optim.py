@@ -27,17 +27,20 @@ _SGD = _C.sgd_defaults()
 _CHECK = {"adamw": _C.check_adamw_group, "sgd": _C.check_sgd_group}
 
 
+def _check_group(group):
+    """ValueError/TypeError naming the bad option of a param group (C++ check())."""
+    if group.get("update") not in _CHECK:
+        raise ValueError(f"param group 'update' must be 'adamw' or 'sgd', got {group.get('update')!r}")
+    _CHECK[group["update"]](group)
+
+
 class _SpectralOptimizer(torch.optim.Optimizer):
     """Shared step: gradient check over all groups, then one C++ step per group."""
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        if group["update"] not in _CHECK:
-            del self.param_groups[-1]
-            raise ValueError(f"param group 'update' must be 'adamw' or 'sgd', got {group['update']!r}")
         try:
-            _CHECK[group["update"]](group)
+            _check_group(self.param_groups[-1])
         except Exception:
             del self.param_groups[-1]
             raise
@@ -71,7 +74,7 @@ class _SpectralOptimizer(torch.optim.Optimizer):
                     names.append(self._param_name(g, i, group))
         _C.check_finite_grads(grads, names)
         for group in self.param_groups:
-            _CHECK[group["update"]](group)
+            _check_group(group)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -83,21 +86,24 @@ class _SpectralOptimizer(torch.optim.Optimizer):
         return loss
 
     def _adamw_step(self, group, params):
+        # Lazy state as torch.optim.AdamW, stored only once the C++ step went through.
+        states = []
         for p in params:
-            state = self.state[p]
-            if not state:  # lazy state, as torch.optim.AdamW
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        states = [self.state[p] for p in params]
+            state = self.state.get(p)
+            if not state:
+                state = {"step": 0,
+                         "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                         "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            states.append(state)
         steps = [int(s["step"]) + 1 for s in states]
         _C.adamw_step(params, [p.grad for p in params], [s["exp_avg"] for s in states],
                       [s["exp_avg_sq"] for s in states], steps, group)
-        for s, t in zip(states, steps):  # counted only once the step went through
-            s["step"] = t
+        for p, state, t in zip(params, states, steps):
+            state["step"] = t
+            self.state[p] = state
 
     def _sgd_step(self, group, params):
-        buffers = [self.state[p].get("momentum_buffer") for p in params]
+        buffers = [self.state.get(p, {}).get("momentum_buffer") for p in params]
         buffers = _C.sgd_step(params, [p.grad for p in params], buffers, group)
         for p, b in zip(params, buffers):
             self.state[p]["momentum_buffer"] = b

@@ -324,3 +324,14 @@ def test_optimizer_deepcopies_and_pickles():
     opt = specopt.make_optimizer(TinyNet(), "adam:p=0.3")
     assert copy.deepcopy(opt).variant == opt.variant
     assert pickle.loads(pickle.dumps(opt.variant)) == specopt.parse_variant("adam:p=0.3")
+
+
+@pytest.mark.parametrize("cls,kw", [(specopt.SpectralAdamW, {}), (specopt.SpectralSGD, {"lr": 0.1})])
+def test_row_blocks_must_divide_rows(cls, kw):
+    w = torch.randn(4, 3, requires_grad=True)
+    opt = cls([w], row_blocks=3, **kw)
+    w.grad = torch.randn(4, 3)
+    before = w.detach().clone()
+    with pytest.raises(RuntimeError, match="row_blocks"):
+        opt.step()
+    assert torch.equal(w.detach(), before) and not opt.state_dict()["state"]
