@@ -142,7 +142,7 @@ at::Tensor spectral_power(const at::Tensor& O, double p, const SpectralOptions& 
   TORCH_CHECK(O.defined(), "spectral_power: undefined tensor");
   TORCH_CHECK(O.dim() >= 2, "spectral_power: expected a matrix or a batch of matrices (..., m, n), got ",
               O.dim(), " dimension(s) with shape ", O.sizes());
-  TORCH_CHECK(std::isfinite(p) && p >= -0.5 && p <= 1.0,
+  TORCH_CHECK_VALUE(std::isfinite(p) && p >= -0.5 && p <= 1.0,
               "spectral_power: p must lie in [-0.5, 1], got ", p);
   TORCH_CHECK(at::isFloatingType(O.scalar_type()),
               "spectral_power: expected a floating-point tensor, got ", O.scalar_type());

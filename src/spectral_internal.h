@@ -22,7 +22,10 @@ at::Tensor eigh_power(const at::Tensor& X, double p, const SpectralOptions& o, S
 at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o, SpectralInfo* info);
 at::Tensor newton_schulz_power(const at::Tensor& X, double p, const SpectralOptions& o,
                                SpectralInfo* info);
-at::Tensor paper_power(const at::Tensor& X, double p, const SpectralOptions& o, SpectralInfo* info);
+// rows/cols: O's shape as given (before transposition), for the study's
+// p = 0 shape scale.
+at::Tensor paper_power(const at::Tensor& X, double p, const SpectralOptions& o, SpectralInfo* info,
+                       int64_t rows, int64_t cols);
 
 // Shared pre/post-processing: method resolution, dtype, orientation,
 // scaling; then calls the kernel.

@@ -1,60 +1,413 @@
 // Ψ_p by iterations of matrix products: newton, newton_schulz, paper;
-// plus the shared dispatch (orientation, scaling, dtype).
+// plus the shared dispatch (method resolution, orientation, scaling, dtype).
+//
+// Notation: every kernel receives a tall X (m ≥ n) and works on the n×n
+// Gram matrix A = XᵀX, using Ψ_p(X) = X A^{-r} with r = (1-p)/2 (eq. (1) of
+// spectral.h). Every matrix product goes through detail::counted_matmul so
+// SpectralInfo::matmul_flops is exact.
 #include "spectral_internal.h"
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
+#include <limits>
+#include <tuple>
+#include <utility>
 
 namespace specopt {
 namespace detail {
 
 namespace {
 
+at::Tensor identity_like(const at::Tensor& A) {
+  return at::eye(A.size(-1), A.options());
+}
+
+at::Tensor symmetrize(const at::Tensor& A) {
+  return (A + A.transpose(-2, -1)) * 0.5;
+}
+
+// base^e (e ≥ 1) by binary powering: ⌊log2 e⌋ squarings + popcount(e)-1
+// further products.
+at::Tensor counted_power(at::Tensor base, int64_t e, SpectralInfo* info) {
+  TORCH_CHECK(e >= 1, "counted_power: exponent must be >= 1, got ", e);
+  at::Tensor acc;
+  while (true) {
+    if (e & 1) acc = acc.defined() ? counted_matmul(acc, base, info) : base;
+    e >>= 1;
+    if (!e) break;
+    base = counted_matmul(base, base, info);
+  }
+  return acc;
+}
+
+// ---------------------------------------------------------------------------
+// newton: coupled Newton iteration for the inverse q-th root (Guo & Higham,
+// "A Schur–Newton method for the matrix p-th root and its inverse", SIMAX 2006)
+// with per-step minimax-optimal linear polynomials.
+//
+// State: X_j (→ A^{-1/q}) and M_j = X_j^q A (→ I); X_0 = I, M_0 = A/c. One step
+// with T = t(M) = a I - β M:   X ← X T,   M ← T^q M.
+// Everything is a polynomial in A, so all factors commute and M = X^q A holds.
+// In terms of ρ = (eigenvalue of M)^{1/q} a step maps ρ ↦ h(ρ) = ρ t(ρ^q);
+// plain Newton is a = (q+1)/q, β = 1/q.
+// ---------------------------------------------------------------------------
+
+struct LinearStep {
+  double a, beta;  // T = a I - β M
+};
+
+// h(ρ) = ρ (a - β ρ^q).
+double step_image(const LinearStep& st, double rho, int64_t q) {
+  return rho * (st.a - st.beta * std::pow(rho, static_cast<double>(q)));
+}
+
+// Minimax-optimal (a, β) for ρ ∈ [l, u]: h equioscillates about 1 at l, at
+// its maximum ρ* and at u: h(l) = h(u) = 1-E, h(ρ*) = 1+E. Closed form:
+//   s = (u^{q+1} - l^{q+1})/(u - l)           (h(l) = h(u)  ⇔  a = β s)
+//   ρ*^q = s/(q+1),   h(ρ*) = ρ* β s q/(q+1)
+//   h(ρ*) - 1 = 1 - h(l)  ⇒  β = 2 / (ρ* s q/(q+1) + s l - l^{q+1}).
+// A collapsed interval gets plain Newton (quadratic convergence at ρ = 1).
+LinearStep minimax_linear_step(double l, double u, int64_t q) {
+  const double qd = static_cast<double>(q);
+  const LinearStep newton{(qd + 1) / qd, 1.0 / qd};
+  if (u - l < 1e-7 * u) return newton;
+  const double s = (std::pow(u, qd + 1) - std::pow(l, qd + 1)) / (u - l);
+  const double rho_star = std::pow(s / (qd + 1), 1.0 / qd);
+  if (!(rho_star > l && rho_star < u)) return newton;
+  const double beta = 2.0 / (rho_star * s * qd / (qd + 1) + s * l - std::pow(l, qd + 1));
+  return {beta * s, beta};
+}
+
+// Image [min h, max h] of [l, u] (h is unimodal with its maximum at
+// ρ*^q = a/(β(q+1))).
+std::pair<double, double> image_interval(const LinearStep& st, double l, double u, int64_t q) {
+  const double hl = step_image(st, l, q), hu = step_image(st, u, q);
+  double hi = std::max(hl, hu);
+  const double rho_star = std::pow(st.a / (st.beta * static_cast<double>(q + 1)), 1.0 / q);
+  if (rho_star > l && rho_star < u) hi = std::max(hi, step_image(st, rho_star, q));
+  return {std::min(hl, hu), hi};
+}
+
+// Fitting interval floor ("cushion", as in Polar Express §4.4): the
+// coefficients are fitted on [max(l, κ u), u] instead of [l, u]. Fitting on a
+// very wide interval maps the largest eigenvalues of M close to 0, where the
+// rounding error of the following products (of size ε‖T^q‖‖M‖) swamps them
+// and the iteration diverges in float32. Eigenvalues below κu still grow by
+// ≈ a per step. κ was measured (float32, 768² Gaussian and cond-1e3 matrices):
+// q ≤ 4: 0.1; q ≤ 8: 0.5; larger q: 0.7 (smaller values diverge).
+double cushion(int64_t q) { return q <= 4 ? 0.1 : q <= 8 ? 0.5 : 0.7; }
+
+// Closest k/q to r with 1 ≤ q ≤ 64 (smallest q among equals).
+std::pair<int64_t, int64_t> rational_approximation(double r) {
+  int64_t best_k = 0, best_q = 1;
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int64_t q = 1; q <= 64; ++q) {
+    const int64_t k = std::llround(r * static_cast<double>(q));
+    const double err = std::abs(r - static_cast<double>(k) / static_cast<double>(q));
+    if (err < best_err - 1e-15) {
+      best_err = err;
+      best_k = k;
+      best_q = q;
+    }
+  }
+  return {best_k, best_q};
+}
+
+constexpr int64_t kNewtonMaxIterations = 100;
+
+// X A^{-k/q} for tall X (max |entry| ≤ 1); `lower` bounds σ_min/σ_max from
+// below (for the coefficient schedule only). Adds to info's counters.
+at::Tensor newton_root(const at::Tensor& X, int64_t k, int64_t q, double p, double lower,
+                       const SpectralOptions& o, SpectralInfo* info) {
+  const int64_t n = X.size(-1);
+  at::Tensor A = counted_matmul(X.transpose(-2, -1), X, info);
+  const at::Tensor I = identity_like(A);
+
+  // λ_max ≥ Rayleigh quotients: the largest diagonal entry and a few power
+  // iterations from a fixed generic vector (matrix-vector products only).
+  at::Tensor v = at::sin(at::arange(1, n + 1, A.options()) * 12.9898).unsqueeze(-1);
+  auto vsizes = A.sizes().vec();
+  vsizes.back() = 1;
+  v = v.expand(vsizes).contiguous();
+  // p < 0 regularises relative to λ_max, so estimate it more precisely there.
+  const int power_steps = p < 0 ? 40 : 8;
+  for (int i = 0; i < power_steps; ++i) {
+    v = at::matmul(A, v);
+    v = v / v.norm(2, {-2}, /*keepdim=*/true).clamp_min(std::numeric_limits<float>::min());
+  }
+  at::Tensor lam_lo = at::maximum((v * at::matmul(A, v)).sum({-2, -1}),
+                                  A.diagonal(0, -2, -1).amax(-1));
+  if (p < 0) {
+    // ε-regularisation relative to λ_max (estimated by lam_lo), as svd/eigh do.
+    A = A + I * (o.neg_eps() * lam_lo).unsqueeze(-1).unsqueeze(-1);
+    lam_lo = lam_lo * (1.0 + o.neg_eps());
+  }
+  // c = ‖A‖_F ≥ λ_max: a safe scale (an eigenvalue above the fitted interval
+  // would be mapped towards 0 or below).
+  at::Tensor c = at::linalg_norm(A, "fro", {-2, -1}, /*keepdim=*/true);
+  const at::Tensor zero = c == 0;
+  c = at::where(zero, at::ones_like(c), c);
+  A = A / c;
+  // Smallest λ_lo/c over the batch (zero matrices excluded) sets the schedule.
+  const double ratio =
+      at::where(zero.squeeze(-1).squeeze(-1), at::ones_like(lam_lo), lam_lo / c.squeeze(-1).squeeze(-1))
+          .min()
+          .item<double>();
+  const double lam_floor = p < 0 ? std::max(lower * lower, o.neg_eps()) : lower * lower;
+  double l = std::pow(std::max(lam_floor * ratio, 1e-300), 1.0 / static_cast<double>(q));
+  double u = 1.0;
+
+  at::Tensor Xq, M = A;
+  const double kappa = cushion(q);
+  int64_t it = 0;
+  while (true) {
+    const LinearStep st = minimax_linear_step(std::max(l, kappa * u), u, q);
+    const auto next = image_interval(st, l, u, q);
+    ++it;
+    // Stop: a fixed count, or when the predicted relative error of X^k after
+    // this step, k·max|ρ - 1| over the tracked interval, is below tol
+    // (scalar recursion: no synchronisation). Singular values below
+    // newton_lower lag behind; the reported residual shows it.
+    const bool last = o.iterations() > 0
+                          ? it >= o.iterations()
+                          : static_cast<double>(k) * std::max(1.0 - next.first, next.second - 1.0) <
+                                    o.tol() ||
+                                it >= kNewtonMaxIterations;
+    const at::Tensor T = at::add(I * st.a, M, -st.beta);
+    Xq = Xq.defined() ? counted_matmul(Xq, T, info) : T;
+    if (last) {
+      // The final step needs no M update (saves log2(q)+1 products); the
+      // residual is that of M before it.
+      info->residual = std::max(
+          info->residual,
+          (at::linalg_norm(M - I, "fro", {-2, -1}) / std::sqrt(static_cast<double>(n)))
+              .max()
+              .item<double>());
+      break;
+    }
+    M = symmetrize(counted_matmul(counted_power(T, q, info), M, info));
+    std::tie(l, u) = next;
+  }
+  info->iterations += it;
+  // Ψ = X (A/c)^{-k/q} c^{-k/q}.
+  const at::Tensor root = counted_power(Xq, k, info);
+  return counted_matmul(X, root, info) *
+         c.pow(-static_cast<double>(k) / static_cast<double>(q));
+}
+
+// Divide by max |entry| (kept ≤ 1 for the Gram matrix), apply f, undo with s^p.
+template <class F>
+at::Tensor rescaled(const at::Tensor& X, double p, F&& f) {
+  at::Tensor s = X.abs().amax({-2, -1}, /*keepdim=*/true);
+  s = at::where(s == 0, at::ones_like(s), s);
+  return f(X / s) * s.pow(p);
+}
+
+// ---------------------------------------------------------------------------
+// newton_schulz: X ← a X + b (XXᵀ)X + c (XXᵀ)²X, here on the tall side
+// (X ← aX + X(bA + cA²), A = XᵀX), after Frobenius normalisation.
+// ---------------------------------------------------------------------------
+constexpr std::array<double, 3> kMuonCoefficients = {3.4445, -4.7750, 2.0315};
+// Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv:2505.16932,
+// Algorithm 1): degree-5 per-step minimax sets; all but the last are divided
+// by (1.01, 1.01³, 1.01⁵) for bfloat16 safety; the last repeats.
+constexpr std::array<std::array<double, 3>, 8> kPolarExpressCoefficients = {{
+    {8.28721201814563, -23.595886519098837, 17.300387312530933},
+    {4.107059111542203, -2.9478499167379106, 0.5448431082926601},
+    {3.9486908534822946, -2.908902115962949, 0.5518191394370137},
+    {3.3184196573706015, -2.488488024314874, 0.51004894012372},
+    {2.300652019954817, -1.6689039845747493, 0.4188073119525673},
+    {1.891301407787398, -1.2679958271945868, 0.37680408948524835},
+    {1.8750014808534479, -1.2500016453999487, 0.3750001645474248},
+    {1.875, -1.25, 0.375},
+}};
+
+std::array<double, 3> ns_step_coefficients(NsCoefficients set, int64_t step) {
+  if (set == NsCoefficients::kMuon) return kMuonCoefficients;
+  const int64_t last = static_cast<int64_t>(kPolarExpressCoefficients.size()) - 1;
+  auto abc = kPolarExpressCoefficients[std::min(step, last)];
+  if (step < last) {
+    abc[0] /= 1.01;
+    abc[1] /= std::pow(1.01, 3);
+    abc[2] /= std::pow(1.01, 5);
+  }
+  return abc;
+}
+
+at::Tensor quintic_newton_schulz(at::Tensor X, int64_t steps, NsCoefficients set,
+                                 SpectralInfo* info) {
+  // Muon: X / (‖X‖_F + 1e-7); Polar Express: X / (1.01 ‖X‖_F + 1e-7).
+  const double safety = set == NsCoefficients::kPolarExpress ? 1.01 : 1.0;
+  X = X / (at::linalg_norm(X, "fro", {-2, -1}, /*keepdim=*/true) * safety + 1e-7);
+  for (int64_t i = 0; i < steps; ++i) {
+    const auto abc = ns_step_coefficients(set, i);
+    const at::Tensor A = counted_matmul(X.transpose(-2, -1), X, info);
+    const at::Tensor B = A * abc[1] + counted_matmul(A, A, info) * abc[2];
+    X = X * abc[0] + counted_matmul(X, B, info);
+  }
+  info->iterations += steps;
+  return X;
+}
+
+// ---------------------------------------------------------------------------
+// paper: the published study's scheme.
+// ---------------------------------------------------------------------------
+constexpr int64_t kPaperIterations = 15;
+constexpr int64_t kPaperNsSteps = 15;
+
+// Coupled Newton–Schulz for (A^{1/2}, A^{-1/2}): ridge (1e-6 + 1e-4 tr(A)/n) I,
+// Y₀ = A/‖A‖_F, Z₀ = I; 15 × { T = ½(3I - ZY), Y ← YT, Z ← TZ }, symmetrised
+// after iterations 5 and 10 and at the end; undo the normalisation.
+std::pair<at::Tensor, at::Tensor> paper_sqrt_invsqrt(const at::Tensor& A0, SpectralInfo* info) {
+  const double n = static_cast<double>(A0.size(-1));
+  const at::Tensor I = identity_like(A0);
+  const at::Tensor ridge =
+      (A0.diagonal(0, -2, -1).sum(-1) * (1e-4 / n) + 1e-6).unsqueeze(-1).unsqueeze(-1);
+  const at::Tensor A = A0 + I * ridge;
+  const at::Tensor norm = at::linalg_norm(A, "fro", {-2, -1}, /*keepdim=*/true);
+  at::Tensor Y = A / norm, Z = I.expand_as(A);
+  for (int64_t i = 1; i <= kPaperIterations; ++i) {
+    const at::Tensor T = (I * 3.0 - counted_matmul(Z, Y, info)) * 0.5;
+    Y = counted_matmul(Y, T, info);
+    Z = counted_matmul(T, Z, info);
+    if (i == 5 || i == 10 || i == kPaperIterations) {
+      Y = symmetrize(Y);
+      Z = symmetrize(Z);
+    }
+  }
+  info->iterations += kPaperIterations;
+  const at::Tensor root = norm.sqrt();
+  return {Y * root, Z / root};
+}
+
+// Ψ_½(X) = X (XᵀX)^{-1/4}, the inverse fourth root as the inverse square
+// root of the square root (the coupled iteration applied twice).
+at::Tensor paper_half(const at::Tensor& X, SpectralInfo* info) {
+  const at::Tensor A = counted_matmul(X.transpose(-2, -1), X, info);
+  const at::Tensor S = paper_sqrt_invsqrt(A, info).first;
+  const at::Tensor W = paper_sqrt_invsqrt(S, info).second;
+  return counted_matmul(X, W, info);
+}
+
 Method resolve_auto(const at::Tensor& O, double p, const SpectralOptions& o) {
-  // TODO(issue 2): measured choice. CPU: eigh; GPU: newton.
-  return O.is_cuda() ? Method::kNewton : Method::kEigh;
+  // Measured (bench/bench_transform, docs/transform.md): on CPU the LAPACK
+  // eigendecomposition of the Gram matrix beats every matmul iteration at
+  // all benchmark shapes. On accelerators matmul iterations win (newton).
+  return O.device().is_cpu() ? Method::kEigh : Method::kNewton;
 }
 
 }  // namespace
 
-at::Tensor newton_power(const at::Tensor&, double, const SpectralOptions&, SpectralInfo*) {
-  TORCH_CHECK(false, "spectral_power: method 'newton' is not implemented yet");
+at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o,
+                        SpectralInfo* info) {
+  TORCH_CHECK_VALUE(o.newton_lower() > 0 && o.newton_lower() <= 1,
+              "spectral_power: newton_lower must lie in (0, 1], got ", o.newton_lower());
+  TORCH_CHECK_VALUE(o.iterations() >= 0, "spectral_power: iterations must be >= 0, got ", o.iterations());
+  TORCH_CHECK_VALUE(o.tol() > 0, "spectral_power: tol must be > 0, got ", o.tol());
+  if (p > 0 && p < 0.5) {
+    // Ψ_p = Ψ_{2p} ∘ Ψ_½. Ψ_½ halves the spectral range (σ ↦ σ^{1/2}), so the
+    // second Gram matrix has condition number cond(O) instead of cond(O)²:
+    // far more accurate in float32 than one inverse (1-p)/2-root of the
+    // original Gram matrix, whose rounding error ε λ_max swamps λ_min.
+    const at::Tensor H = newton_power(X, 0.5, o, info);
+    const double p_half = info->p_effective;
+    SpectralOptions o2 = o;
+    o2.newton_lower(std::sqrt(o.newton_lower()));
+    const at::Tensor R = rescaled(H, 2 * p, [&](const at::Tensor& Hs) {
+      return newton_power(Hs, 2 * p, o2, info);
+    });
+    info->p_effective = p_half * info->p_effective;
+    return R;
+  }
+  const auto [k, q] = rational_approximation((1.0 - p) / 2.0);
+  info->p_effective = 1.0 - 2.0 * static_cast<double>(k) / static_cast<double>(q);
+  if (k == 0) return X;
+  at::Tensor Y = newton_root(X, k, q, p, o.newton_lower(), o, info);
+  if (p == 0) {
+    // One Newton–Schulz refinement on the tall result, Y ← Y(3I - YᵀY)/2:
+    // the Gram matrix is re-formed from Y, so the float32 rounding error of
+    // the first Gram matrix (which limits the coupled iteration to ~1e-3 on
+    // ill-conditioned inputs) is corrected quadratically.
+    const at::Tensor G = counted_matmul(Y.transpose(-2, -1), Y, info);
+    Y = counted_matmul(Y, identity_like(G) * 1.5 - G * 0.5, info);
+  }
+  return Y;
 }
-at::Tensor newton_schulz_power(const at::Tensor&, double, const SpectralOptions&, SpectralInfo*) {
-  TORCH_CHECK(false, "spectral_power: method 'newton_schulz' is not implemented yet");
+
+at::Tensor newton_schulz_power(const at::Tensor& X, double p, const SpectralOptions& o,
+                               SpectralInfo* info) {
+  TORCH_CHECK_VALUE(p == 0.0,
+              "spectral_power: method 'newton_schulz' computes only p = 0 (the polar factor), got p = ",
+              p, "; use newton, eigh or svd");
+  TORCH_CHECK_VALUE(o.ns_steps() >= 1, "spectral_power: ns_steps must be >= 1, got ", o.ns_steps());
+  return quintic_newton_schulz(X, o.ns_steps(), o.ns_coefficients(), info);
 }
-at::Tensor paper_power(const at::Tensor&, double, const SpectralOptions&, SpectralInfo*) {
-  TORCH_CHECK(false, "spectral_power: method 'paper' is not implemented yet");
+
+at::Tensor paper_power(const at::Tensor& X, double p, const SpectralOptions& o, SpectralInfo* info,
+                       int64_t rows, int64_t cols) {
+  if (p == 0.0) {
+    // 15 quintic Muon steps, then the study's shape scale max(1, rows/cols)^½
+    // (rows/cols of O as given, before any transposition).
+    const at::Tensor Y = quintic_newton_schulz(X, kPaperNsSteps, NsCoefficients::kMuon, info);
+    return Y * std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
+  }
+  if (p == 0.5) return paper_half(X, info);
+  if (p == 0.25) return paper_half(paper_half(X, info), info);
+  TORCH_CHECK_VALUE(false, "spectral_power: method 'paper' supports only p in {0, 0.25, 0.5, 1}, got p = ",
+              p, "; use newton, eigh or svd for other p");
 }
 
 at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, SpectralInfo* info) {
-  Method method = o.method() == Method::kAuto ? resolve_auto(O, p, o) : o.method();
+  const Method method = o.method() == Method::kAuto ? resolve_auto(O, p, o) : o.method();
   info->method = method;
   const auto in_dtype = O.scalar_type();
-  const auto compute = o.compute_dtype().has_value()
-                           ? *o.compute_dtype()
-                           : (in_dtype == at::kDouble ? at::kDouble : at::kFloat);
+  // Compute dtype: as requested; else the input's (bf16/half → float32), except
+  //  * newton_schulz and paper p = 0 run in bfloat16 as Muon does;
+  //  * eigh runs in float64 when tol < 1e-3: the float32 Gram matrix cannot
+  //    resolve eigenvalues below ~1e-7 λ_max (measured float32 errors on
+  //    cond-1e3 inputs: 7e-4 at p = ½, 2e-2 at p = 0).
+  at::ScalarType compute = in_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  if (o.compute_dtype().has_value()) {
+    compute = *o.compute_dtype();
+  } else if (method == Method::kNewtonSchulz || (method == Method::kPaper && p == 0.0)) {
+    compute = at::kBFloat16;
+  } else if (method == Method::kEigh && o.tol() < 1e-3) {
+    compute = at::kDouble;
+  }
+  TORCH_CHECK_VALUE(at::isFloatingType(compute),
+              "spectral_power: compute_dtype must be a floating-point type, got ", compute);
   // Work on the tall orientation so the Gram matrix is the smaller one.
   const bool wide = O.size(-2) < O.size(-1);
   at::Tensor X = (wide ? O.transpose(-2, -1) : O).to(compute);
   // Scale each matrix so its largest |entry| is 1: keeps the Gram matrix
   // finite for float32 inputs of magnitude 1e30 and normal for 1e-30.
-  // Ψ_p(sX) = s^p Ψ_p(X) undoes it.
+  // Ψ_p(sX) = s^p Ψ_p(X) undoes it. `paper` is not scale-invariant (absolute
+  // terms 1e-6 in its ridge and 1e-7 in its normalisation), so to reproduce it
+  // the input keeps its own scale unless its largest |entry| lies outside
+  // [2^-40, 2^40] (where the float32 Gram matrix would under/overflow).
   at::Tensor s = X.abs().amax({-2, -1}, /*keepdim=*/true);
   const at::Tensor zero = s == 0;
-  X = X / at::where(zero, at::ones_like(s), s);
+  s = at::where(zero, at::ones_like(s), s);
+  if (method == Method::kPaper) {
+    const double kLo = std::ldexp(1.0, -40), kHi = std::ldexp(1.0, 40);
+    s = at::where((s >= kLo) & (s <= kHi), at::ones_like(s), s);
+  }
+  X = X / s;
   at::Tensor Y;
   switch (method) {
     case Method::kSvd: Y = svd_power(X, p, o); break;
     case Method::kEigh: Y = eigh_power(X, p, o, info); break;
     case Method::kNewton: Y = newton_power(X, p, o, info); break;
     case Method::kNewtonSchulz: Y = newton_schulz_power(X, p, o, info); break;
-    case Method::kPaper: Y = paper_power(X, p, o, info); break;
+    case Method::kPaper: Y = paper_power(X, p, o, info, O.size(-2), O.size(-1)); break;
     case Method::kAuto: TORCH_CHECK(false, "spectral_power: unresolved method auto");
   }
-  // Exact zeros for all-zero matrices; rescale the rest.
-  Y = at::where(zero, at::zeros_like(Y), Y * at::where(zero, at::ones_like(s), s).pow(p));
+  // Exact zeros for all-zero matrices; rescale the rest (with the p actually
+  // computed: newton may approximate p).
+  Y = at::where(zero, at::zeros_like(Y), Y * s.to(Y.scalar_type()).pow(info->p_effective));
   TORCH_CHECK(at::isfinite(Y).all().item<bool>(),
               "spectral_power: method '", method_name(method),
               "' produced a non-finite result (p = ", p, ", shape ", O.sizes(), ")");

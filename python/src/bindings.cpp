@@ -1,18 +1,256 @@
-// specopt._C: the C++ core exposed to Python.
-#include <torch/extension.h>
+// specopt._C: the C++ core exposed to Python. This file: the module, error
+// translation, the transform Ψ_p and the variant/method tables. The
+// optimizer steps are bound in optim.cpp.
+//
+// Errors: the core raises c10::Error subclasses; option validators called
+// through as_value_error (bindings.h) raise ValueError, and the translator
+// below maps what escapes from the computations:
+//   c10::ValueError (TORCH_CHECK_VALUE: a bad option, e.g. p's range) -> ValueError
+//   c10::TypeError / IndexError / NotImplementedError                 -> the Python namesakes
+//   any other c10::Error (non-finite input, shapes, numerics)         -> RuntimeError
+// always with the C++ message (without the C++ backtrace).
+#include "bindings.h"
 
-#include "specopt/spectral.h"
+#include <torch/csrc/Dtype.h>
+#include <torch/csrc/DynamicTypes.h>
+
+#include <c10/util/Exception.h>
+
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
 #include "specopt/variants.h"
 
-namespace py = pybind11;
+namespace specopt {
+namespace python {
+
+namespace {
+
+void translate_c10_errors(std::exception_ptr ptr) {
+  try {
+    if (ptr) std::rethrow_exception(ptr);
+  } catch (const c10::ValueError& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+  } catch (const c10::TypeError& e) {
+    PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
+  } catch (const c10::IndexError& e) {
+    PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
+  } catch (const c10::NotImplementedError& e) {
+    PyErr_SetString(PyExc_NotImplementedError, e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+  }
+}
+
+// One row per SpectralOptions field: its Python name, how to read it as a
+// Python object and how to set it from one.
+struct SpectralField {
+  const char* name;
+  const char* type;  // for error messages
+  std::function<py::object(const SpectralOptions&)> get;
+  std::function<void(SpectralOptions&, py::handle)> set;
+};
+
+template <typename T>
+T cast_option(const char* name, const char* type, py::handle value) {
+  // bool is an int in Python; refuse it where a number is meant (and vice versa).
+  const bool is_bool = PyBool_Check(value.ptr());
+  if (std::is_same<T, bool>::value != is_bool) {
+    throw py::type_error(std::string("spectral option '") + name + "' must be " + type +
+                         ", got " + std::string(py::str(py::type::of(value).attr("__name__"))));
+  }
+  try {
+    return value.cast<T>();
+  } catch (const py::cast_error&) {
+    throw py::type_error(std::string("spectral option '") + name + "' must be " + type +
+                         ", got " + std::string(py::str(py::type::of(value).attr("__name__"))));
+  }
+}
+
+#define SPECOPT_NUMERIC_FIELD(field, T, type)                                              \
+  SpectralField {                                                                          \
+    #field, type, [](const SpectralOptions& o) { return py::cast(o.field()); },            \
+        [](SpectralOptions& o, py::handle v) { o.field(cast_option<T>(#field, type, v)); } \
+  }
+
+const std::vector<SpectralField>& spectral_fields() {
+  static const std::vector<SpectralField> fields = {
+      {"method", "a method name",
+       [](const SpectralOptions& o) { return py::cast(method_name(o.method())); },
+       [](SpectralOptions& o, py::handle v) {
+         const auto name = cast_option<std::string>("method", "a method name", v);
+         o.method(as_value_error([&] { return parse_method(name); }));
+       }},
+      SPECOPT_NUMERIC_FIELD(tol, double, "a float"),
+      SPECOPT_NUMERIC_FIELD(iterations, int64_t, "an int"),
+      SPECOPT_NUMERIC_FIELD(newton_lower, double, "a float"),
+      SPECOPT_NUMERIC_FIELD(ns_steps, int64_t, "an int"),
+      {"ns_coefficients", "a coefficient set name",
+       [](const SpectralOptions& o) { return py::cast(ns_coefficients_name(o.ns_coefficients())); },
+       [](SpectralOptions& o, py::handle v) {
+         const auto name = cast_option<std::string>("ns_coefficients", "a coefficient set name", v);
+         o.ns_coefficients(as_value_error([&] { return parse_ns_coefficients(name); }));
+       }},
+      {"compute_dtype", "a torch.dtype or None",
+       [](const SpectralOptions& o) -> py::object {
+         if (!o.compute_dtype()) return py::none();
+         return py::reinterpret_borrow<py::object>(
+             reinterpret_cast<PyObject*>(torch::getTHPDtype(*o.compute_dtype())));
+       },
+       [](SpectralOptions& o, py::handle v) {
+         if (v.is_none()) {
+           o.compute_dtype(c10::nullopt);
+         } else if (THPDtype_Check(v.ptr())) {
+           o.compute_dtype(reinterpret_cast<THPDtype*>(v.ptr())->scalar_type);
+         } else {
+           throw py::type_error("spectral option 'compute_dtype' must be a torch.dtype or None, got " +
+                                std::string(py::str(py::type::of(v).attr("__name__"))));
+         }
+       }},
+      SPECOPT_NUMERIC_FIELD(neg_eps, double, "a float"),
+      SPECOPT_NUMERIC_FIELD(rank_tol, double, "a float"),
+      SPECOPT_NUMERIC_FIELD(check_finite, bool, "a bool"),
+  };
+  return fields;
+}
+
+#undef SPECOPT_NUMERIC_FIELD
+
+std::string spectral_field_names() {
+  std::string names;
+  for (const auto& f : spectral_fields()) names += (names.empty() ? "" : ", ") + std::string(f.name);
+  return names;
+}
+
+py::dict info_dict(const SpectralInfo& info) {
+  py::dict d;
+  d["method"] = method_name(info.method);
+  d["iterations"] = info.iterations;
+  d["residual"] = info.residual;
+  d["p_effective"] = info.p_effective;
+  d["matmul_flops"] = info.matmul_flops;
+  return d;
+}
+
+}  // namespace
+
+SpectralOptions spectral_options_from(const py::dict& options, SpectralOptions base) {
+  for (const auto& item : options) {
+    const auto key = item.first.cast<std::string>();
+    bool found = false;
+    for (const auto& f : spectral_fields()) {
+      if (key == f.name) {
+        f.set(base, item.second);
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      throw py::value_error("unknown spectral option '" + key + "' (valid: " + spectral_field_names() +
+                            ")");
+    }
+  }
+  return base;
+}
+
+py::dict spectral_options_dict(const SpectralOptions& options) {
+  const SpectralOptions defaults;
+  py::dict d;
+  for (const auto& f : spectral_fields()) {
+    if (std::string(f.name) == "method") continue;
+    py::object value = f.get(options);
+    if (!value.equal(f.get(defaults))) d[f.name] = value;
+  }
+  return d;
+}
+
+py::dict spectral_option_defaults() {
+  const SpectralOptions defaults;
+  py::dict d;
+  for (const auto& f : spectral_fields()) d[f.name] = f.get(defaults);
+  return d;
+}
+
+}  // namespace python
+}  // namespace specopt
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "specopt C++ core";
+  using namespace specopt;
+  using namespace specopt::python;
+  m.doc() = "specopt C++ core (use the `specopt` package, not this module directly)";
+  py::register_local_exception_translator(&translate_c10_errors);
+
+  // ---- transform --------------------------------------------------------------
+  std::ostringstream doc;
+  doc << "spectral_power(tensor, p, method='auto', *, return_info=False, **options)\n\n"
+         "Psi_p(O) = U diag(sigma^p) V^T for each matrix in the last two dims of `tensor`.\n"
+         "Returns a tensor of the same shape and dtype (p = 1 returns `tensor` itself), or\n"
+         "(tensor, info) with return_info=True; info = {method, iterations, residual,\n"
+         "p_effective, matmul_flops}.\n\nOptions (defaults from the C++ SpectralOptions):\n";
+  for (const auto& item : spectral_option_defaults())
+    if (item.first.cast<std::string>() != "method")
+      doc << "  " << std::string(py::str(item.first)) << " = " << std::string(py::repr(item.second))
+          << "\n";
+  doc << "\nRaises ValueError for a bad p/method/option, TypeError for an option of the wrong\n"
+         "type and RuntimeError for non-finite input.";
+  py::options signature_options;
+  signature_options.disable_function_signatures();  // the docstring carries the Python-style signature
   m.def(
       "spectral_power",
-      [](const at::Tensor& O, double p, const std::string& method) {
-        return specopt::spectral_power(
-            O, p, specopt::SpectralOptions().method(specopt::parse_method(method)));
+      [](const at::Tensor& tensor, double p, const std::string& method, bool return_info,
+         const py::kwargs& kwargs) -> py::object {
+        SpectralOptions options = spectral_options_from(kwargs);
+        options.method(as_value_error([&] { return parse_method(method); }));
+        SpectralInfo info;
+        at::Tensor result;
+        {
+          py::gil_scoped_release no_gil;
+          result = spectral_power(tensor, p, options, &info);
+        }
+        if (!return_info) return py::cast(result);
+        return py::make_tuple(result, info_dict(info));
       },
-      py::arg("tensor"), py::arg("p"), py::arg("method") = "auto");
+      doc.str().c_str(), py::arg("tensor"), py::arg("p"), py::arg("method") = "auto", py::kw_only(),
+      py::arg("return_info") = false);
+  signature_options.enable_function_signatures();
+  m.def(
+      "methods",
+      [] {
+        std::vector<std::string> names;
+        for (auto method : all_methods()) names.push_back(method_name(method));
+        return names;
+      },
+      "Names of the spectral methods, in the C++ table's order.");
+  m.def("spectral_option_defaults", &spectral_option_defaults,
+        "{name: default} of every spectral option accepted by spectral_power(**options) and by\n"
+        "an optimizer group's 'spectral' dict.");
+
+  // ---- variant table -----------------------------------------------------------
+  py::class_<Variant>(m, "Variant", "An optimizer variant: name, family ('Adam' or 'mSGD') and p.")
+      .def_readonly("name", &Variant::name)
+      .def_property_readonly("family", [](const Variant& v) { return family_name(v.family); })
+      .def_readonly("p", &Variant::p)
+      .def("__eq__", [](const Variant& a, const Variant& b) {
+        return a.name == b.name && a.family == b.family && a.p == b.p;
+      })
+      // Pickled by its canonical name (copy.deepcopy / pickle of an optimizer holding one).
+      .def(py::pickle([](const Variant& v) { return py::make_tuple(v.name); },
+                      [](const py::tuple& t) { return parse_variant(t[0].cast<std::string>()); }))
+      .def("__repr__", [](const Variant& v) {
+        std::ostringstream os;
+        os << "Variant(name='" << v.name << "', family='" << family_name(v.family) << "', p=" << v.p
+           << ")";
+        return os.str();
+      });
+  m.def(
+      "parse_variant",
+      [](const std::string& name) { return as_value_error([&] { return parse_variant(name); }); },
+      py::arg("name"),
+        "Parse a variant name ('AdamS', 'mSGDZ', 'adam:p=0.3', case-insensitive).");
+  m.def("named_variants", &named_variants,
+        "The eight named variants in table order (Adam, AdamS, AdamQ, AdamZ, mSGD, ...).");
+
+  bind_optim(m);
 }

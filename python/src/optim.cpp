@@ -1,0 +1,351 @@
+// specopt._C, optimizer part: the functional update rules of update_rules.h
+// over a Python optimizer's state, and the C++ optimizer classes as a
+// reference for tests.
+//
+// A Python param group is a dict ({"lr": .., "p": .., "spectral": {..}, ...});
+// it becomes the C++ SpectralAdamWOptions / SpectralSGDOptions through one
+// converter (group_options), whose check() validates it. The validators
+// (check(), parse_method, parse_scale_mode, parse_variant) judge options
+// only, so every c10::Error they raise is re-raised as ValueError: that list
+// is the binding's explicit "option error" table.
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "bindings.h"
+#include "specopt/make_optimizer.h"
+#include "specopt/spectral_adamw.h"
+#include "specopt/spectral_sgd.h"
+#include "specopt/update_rules.h"
+#include "specopt/variants.h"
+
+namespace specopt {
+namespace python {
+
+namespace {
+
+template <typename T>
+T group_value(const py::dict& group, const char* key, const char* type) {
+  if (!group.contains(key)) throw py::value_error(std::string("param group has no '") + key + "'");
+  const py::handle value = group[key];
+  const bool want_bool = std::is_same<T, bool>::value;
+  if (PyBool_Check(value.ptr()) != want_bool) {
+    throw py::type_error(std::string("param group option '") + key + "' must be " + type + ", got " +
+                         std::string(py::str(py::type::of(value).attr("__name__"))));
+  }
+  try {
+    return value.cast<T>();
+  } catch (const py::cast_error&) {
+    throw py::type_error(std::string("param group option '") + key + "' must be " + type + ", got " +
+                         std::string(py::str(py::type::of(value).attr("__name__"))));
+  }
+}
+
+// The fields both families share: lr, weight decay and the matrix transform.
+template <typename Options>
+void read_shared(Options& o, const py::dict& g) {
+  o.lr(group_value<double>(g, "lr", "a float"));
+  o.weight_decay(group_value<double>(g, "weight_decay", "a float"));
+  o.decay_vectors(group_value<bool>(g, "decay_vectors", "a bool"));
+  o.p(group_value<double>(g, "p", "a float"));
+  const auto method = group_value<std::string>(g, "method", "a method name");
+  o.method(as_value_error([&] { return parse_method(method); }));
+  const auto scale = group_value<std::string>(g, "scale", "a scale mode name");
+  o.scale(as_value_error([&] { return parse_scale_mode(scale); }));
+  o.row_blocks(group_value<int64_t>(g, "row_blocks", "an int"));
+  const py::handle spectral = g.contains("spectral") ? g["spectral"] : py::handle(py::none());
+  if (!spectral.is_none()) {
+    if (!py::isinstance<py::dict>(spectral)) {
+      throw py::type_error("param group option 'spectral' must be a dict of spectral options");
+    }
+    const auto options = spectral.cast<py::dict>();
+    if (options.contains("method")) {
+      throw py::value_error("param group 'spectral' options must not set 'method': set the group's "
+                            "'method' instead");
+    }
+    o.spectral(spectral_options_from(options));
+  }
+}
+
+template <typename Options>
+void write_shared(const Options& o, py::dict& d) {
+  d["lr"] = o.lr();
+  d["weight_decay"] = o.weight_decay();
+  d["decay_vectors"] = o.decay_vectors();
+  d["p"] = o.p();
+  d["method"] = method_name(o.method());
+  d["scale"] = scale_mode_name(o.scale());
+  d["row_blocks"] = o.row_blocks();
+  d["spectral"] = spectral_options_dict(o.spectral());  // {} = all at their defaults
+}
+
+py::dict adamw_group(const SpectralAdamWOptions& o) {
+  py::dict d;
+  write_shared(o, d);
+  d["betas"] = py::make_tuple(std::get<0>(o.betas()), std::get<1>(o.betas()));
+  d["eps"] = o.eps();
+  d["update"] = "adamw";
+  return d;
+}
+
+py::dict sgd_group(const SpectralSGDOptions& o) {
+  py::dict d;
+  write_shared(o, d);
+  d["momentum"] = o.momentum();
+  d["nesterov"] = o.nesterov();
+  d["update"] = "sgd";
+  return d;
+}
+
+SpectralAdamWOptions adamw_options(const py::dict& g) {
+  SpectralAdamWOptions o;
+  read_shared(o, g);
+  const auto betas = group_value<std::tuple<double, double>>(g, "betas", "a pair of floats");
+  o.betas(betas);
+  o.eps(group_value<double>(g, "eps", "a float"));
+  as_value_error([&] { o.check(); });
+  return o;
+}
+
+SpectralSGDOptions sgd_options(const py::dict& g) {
+  SpectralSGDOptions o(group_value<double>(g, "lr", "a float"));
+  read_shared(o, g);
+  o.momentum(group_value<double>(g, "momentum", "a float"));
+  o.nesterov(group_value<bool>(g, "nesterov", "a bool"));
+  as_value_error([&] { o.check(); });
+  return o;
+}
+
+py::dict adamw_defaults() { return adamw_group(SpectralAdamWOptions()); }
+
+py::dict sgd_defaults() {
+  py::dict d = sgd_group(SpectralSGDOptions(0.0));
+  d.attr("pop")("lr");  // no default (required, as in torch.optim.SGD)
+  return d;
+}
+
+// Undefined tensors travel as None.
+std::vector<at::Tensor> tensors_from(const std::vector<c10::optional<at::Tensor>>& list) {
+  std::vector<at::Tensor> out;
+  out.reserve(list.size());
+  for (const auto& t : list) out.push_back(t ? *t : at::Tensor());
+  return out;
+}
+std::vector<c10::optional<at::Tensor>> optionals_from(const std::vector<at::Tensor>& list) {
+  std::vector<c10::optional<at::Tensor>> out;
+  out.reserve(list.size());
+  for (const auto& t : list) out.push_back(t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt);
+  return out;
+}
+
+// The make_optimizer spec from keyword arguments; keys and defaults are those of
+// the C++ OptimizerSpec.
+OptimizerSpec spec_from(const py::dict& kw) {
+  OptimizerSpec s;
+  py::dict spectral;
+  for (const auto& item : kw) {
+    const auto key = item.first.cast<std::string>();
+    const py::handle v = item.second;
+    auto num = [&](const char* type) {
+      if (PyBool_Check(v.ptr())) throw py::type_error("'" + key + "' must be " + type + ", got bool");
+      try {
+        return v.cast<double>();
+      } catch (const py::cast_error&) {
+        throw py::type_error("'" + key + "' must be " + type);
+      }
+    };
+    if (key == "variant") s.variant = v.cast<std::string>();
+    else if (key == "lr_matrix") s.lr_matrix = num("a float");
+    else if (key == "lr_vector") s.lr_vector = num("a float");
+    else if (key == "weight_decay_matrix") s.weight_decay_matrix = num("a float");
+    else if (key == "weight_decay_vector") s.weight_decay_vector = num("a float");
+    else if (key == "beta1") s.beta1 = num("a float");
+    else if (key == "beta2") s.beta2 = num("a float");
+    else if (key == "eps") s.eps = num("a float");
+    else if (key == "momentum") s.momentum = num("a float");
+    else if (key == "nesterov") s.nesterov = v.cast<bool>();
+    else if (key == "method") {
+      const auto name = v.cast<std::string>();
+      s.method = as_value_error([&] { return parse_method(name); });
+    } else if (key == "scale") {
+      const auto name = v.cast<std::string>();
+      s.scale = as_value_error([&] { return parse_scale_mode(name); });
+    } else if (key == "split_rows_patterns") s.split_rows_patterns = v.cast<std::vector<std::string>>();
+    else if (key == "split_rows_blocks") s.split_rows_blocks = v.cast<int64_t>();
+    else if (key == "spectral") s.spectral = spectral_options_from(v.cast<py::dict>());
+    else throw py::value_error("make_optimizer: unknown option '" + key + "'");
+  }
+  return s;
+}
+
+// Runs a C++ optimizer over the given gradient sequence: before step t every
+// param's grad is set to grads[t][i]. Returns the final parameters.
+template <typename Step>
+std::vector<at::Tensor> run_steps(std::vector<at::Tensor> params,
+                                  const std::vector<std::vector<at::Tensor>>& grads, Step step) {
+  for (const auto& step_grads : grads) {
+    TORCH_CHECK_VALUE(step_grads.size() == params.size(), "need one gradient per parameter, got ",
+                      step_grads.size(), " for ", params.size());
+    for (size_t i = 0; i < params.size(); ++i) params[i].mutable_grad() = step_grads[i].clone();
+    step();
+  }
+  return params;
+}
+
+std::vector<at::Tensor> detached_copies(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> out;
+  for (const auto& p : params) out.push_back(p.detach().clone().set_requires_grad(true));
+  return out;
+}
+
+}  // namespace
+
+void bind_optim(py::module_& m) {
+  m.def("adamw_defaults", &adamw_defaults,
+        "Group defaults of SpectralAdamW, from the C++ SpectralAdamWOptions.");
+  m.def("sgd_defaults", &sgd_defaults,
+        "Group defaults of SpectralSGD (lr excluded: required), from the C++ SpectralSGDOptions.");
+  m.def(
+      "optimizer_spec_defaults",
+      [] {
+        const OptimizerSpec s;
+        py::dict d;
+        d["variant"] = s.variant;
+        d["lr_matrix"] = s.lr_matrix;
+        d["lr_vector"] = s.lr_vector;
+        d["weight_decay_matrix"] = s.weight_decay_matrix;
+        d["weight_decay_vector"] = s.weight_decay_vector;
+        d["beta1"] = s.beta1;
+        d["beta2"] = s.beta2;
+        d["eps"] = s.eps;
+        d["momentum"] = s.momentum;
+        d["nesterov"] = s.nesterov;
+        d["method"] = method_name(s.method);
+        d["scale"] = scale_mode_name(s.scale);
+        d["split_rows_patterns"] = s.split_rows_patterns;
+        d["split_rows_blocks"] = s.split_rows_blocks;
+        d["spectral"] = py::dict();
+        return d;
+      },
+      "make_optimizer's options and defaults, from the C++ OptimizerSpec.");
+  m.def(
+      "make_optimizer_groups",
+      [](const std::vector<std::pair<std::string, at::Tensor>>& named_parameters, const py::dict& spec) {
+        const auto s = spec_from(spec);
+        auto opt = as_value_error([&] { return make_optimizer(named_parameters, s); });
+        py::list groups;
+        for (const auto& g : opt->groups()) {
+          auto& group = opt->optimizers()[g.optimizer]->param_groups()[g.group];
+          py::dict d;
+          if (auto* a = dynamic_cast<SpectralAdamWOptions*>(&group.options())) {
+            d = adamw_group(*a);
+          } else {
+            d = sgd_group(dynamic_cast<SpectralSGDOptions&>(group.options()));
+          }
+          // The names of this group's tensors, looked up by identity.
+          std::vector<std::string> names;
+          for (const auto& t : group.params()) {
+            for (const auto& [name, w] : named_parameters)
+              if (w.is_same(t)) names.push_back(name);
+          }
+          d["params"] = group.params();
+          d["param_names"] = names;
+          d["role"] = g.matrix ? "matrix" : "vector";
+          groups.append(d);
+        }
+        return py::make_tuple(opt->variant(), groups);
+      },
+      py::arg("named_parameters"), py::arg("spec"),
+      "(variant, param groups) of the C++ make_optimizer(named_parameters, spec): the study's\n"
+      "matrix/vector split as Python param-group dicts (one 'update' kind per group).");
+  m.def(
+      "check_adamw_group", [](const py::dict& group) { adamw_options(group); }, py::arg("group"),
+      "Validate a SpectralAdamW param group (ValueError/TypeError naming the bad option).");
+  m.def(
+      "check_sgd_group", [](const py::dict& group) { sgd_options(group); }, py::arg("group"),
+      "Validate a SpectralSGD param group (ValueError/TypeError naming the bad option).");
+
+  m.def(
+      "check_finite_grads",
+      [](const std::vector<at::Tensor>& grads, const std::vector<std::string>& names) {
+        py::gil_scoped_release no_gil;
+        check_finite_grads(grads, names);
+      },
+      py::arg("grads"), py::arg("names"),
+      "RuntimeError naming the first gradient that holds NaN or Inf.");
+  m.def(
+      "adamw_step",
+      [](std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+         std::vector<at::Tensor> exp_avgs, std::vector<at::Tensor> exp_avg_sqs,
+         const std::vector<int64_t>& steps, const py::dict& group) {
+        const auto o = adamw_options(group);
+        py::gil_scoped_release no_gil;
+        spectral_adamw_step(std::move(params), std::move(grads), std::move(exp_avgs),
+                            std::move(exp_avg_sqs), steps, o.lr(), std::get<0>(o.betas()),
+                            std::get<1>(o.betas()), o.eps(), o.weight_decay(), o.transform(),
+                            o.decay_vectors());
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+      py::arg("steps"), py::arg("group"),
+      "spectral_adamw_step (update_rules.h) in place, with the options of `group`.\n"
+      "steps[i] = param i's step count after this step.");
+  m.def(
+      "sgd_step",
+      [](std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
+         const std::vector<c10::optional<at::Tensor>>& momentum_buffers, const py::dict& group) {
+        const auto o = sgd_options(group);
+        auto buffers = tensors_from(momentum_buffers);
+        {
+          py::gil_scoped_release no_gil;
+          spectral_sgd_step(std::move(params), std::move(grads), buffers, o.lr(), o.momentum(),
+                            o.nesterov(), o.weight_decay(), o.transform(), o.decay_vectors());
+        }
+        return optionals_from(buffers);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"), py::arg("group"),
+      "spectral_sgd_step (update_rules.h) in place, with the options of `group`.\n"
+      "momentum_buffers: None where not yet created; returns the buffers after the step.");
+
+  // ---- C++ reference optimizers (tests) ----------------------------------------
+  m.def(
+      "_cpp_optimizer_run",
+      [](const std::string& kind, const std::vector<at::Tensor>& params, const py::dict& group,
+         const std::vector<std::vector<at::Tensor>>& grads) {
+        auto copies = detached_copies(params);
+        if (kind == "adamw") {
+          SpectralAdamW opt(copies, adamw_options(group));
+          py::gil_scoped_release no_gil;
+          return run_steps(copies, grads, [&] { opt.step(); });
+        }
+        TORCH_CHECK_VALUE(kind == "sgd", "kind must be 'adamw' or 'sgd', got '", kind, "'");
+        SpectralSGD opt(copies, sgd_options(group));
+        py::gil_scoped_release no_gil;
+        return run_steps(copies, grads, [&] { opt.step(); });
+      },
+      py::arg("kind"), py::arg("params"), py::arg("group"), py::arg("grads"),
+      "Test reference: copies of `params` after len(grads) steps of the C++ SpectralAdamW\n"
+      "('adamw') or SpectralSGD ('sgd') with one group of options `group`.");
+  m.def(
+      "_cpp_make_optimizer_run",
+      [](const std::vector<std::string>& names, const std::vector<at::Tensor>& params,
+         const py::dict& spec, const std::vector<std::vector<at::Tensor>>& grads) {
+        TORCH_CHECK_VALUE(names.size() == params.size(), "one name per parameter");
+        auto copies = detached_copies(params);
+        std::vector<std::pair<std::string, at::Tensor>> named;
+        for (size_t i = 0; i < names.size(); ++i) named.emplace_back(names[i], copies[i]);
+        const auto s = spec_from(spec);
+        auto opt = as_value_error([&] { return make_optimizer(named, s); });
+        py::gil_scoped_release no_gil;
+        return run_steps(copies, grads, [&] { opt->step(); });
+      },
+      py::arg("names"), py::arg("params"), py::arg("spec"), py::arg("grads"),
+      "Test reference: copies of `params` after len(grads) steps of the C++ make_optimizer(spec).");
+}
+
+}  // namespace python
+}  // namespace specopt
