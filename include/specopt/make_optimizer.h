@@ -42,36 +42,42 @@ struct OptimizerSpec {
 
 class SpectralOptimizer {
  public:
+  // One parameter group of one of the underlying optimizers.
+  struct Group {
+    size_t optimizer;  // index into optimizers()
+    size_t group;      // index into that optimizer's param_groups()
+    bool matrix;       // matrix group (lr_matrix, p) or vector group (lr_vector, p = 1)
+  };
   // Use make_optimizer().
   SpectralOptimizer(OptimizerSpec spec, Variant variant,
                     std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers,
-                    std::vector<std::string> parameter_names, bool adam_family,
-                    bool has_matrix_group, bool has_vector_group);
+                    std::vector<Group> groups, std::vector<std::string> parameter_names);
 
+  // Checks all gradients for NaN/Inf (throwing with the parameter's name
+  // before anything changes), then steps every underlying optimizer.
   void step();
   void zero_grad();  // releases the gradients (set_to_none), on every LibTorch version
   void set_lr(double lr_matrix, double lr_vector);  // per-step schedules
-  void set_p(double p);                             // p schedules (matrix group)
-  double p() const;                                 // current p of the matrix group
+  void set_p(double p);                             // p schedules (matrix groups)
+  double p() const;                                 // current p of the matrix groups
   void save(torch::serialize::OutputArchive& archive) const;
   // Throws c10::Error (state unchanged) if the archive holds other parameter
   // names or another family.
   void load(torch::serialize::InputArchive& archive);
   std::vector<torch::optim::Optimizer*> optimizers();  // the underlying ones
+  const std::vector<Group>& groups() const { return groups_; }
   const OptimizerSpec& spec() const { return spec_; }
   const Variant& variant() const { return variant_; }
   // Names of all managed parameters in order (matrices first, then vectors).
   const std::vector<std::string>& parameter_names() const { return names_; }
 
  private:
-  torch::optim::OptimizerOptions& matrix_options();
-  torch::optim::OptimizerOptions& vector_options();
-
   OptimizerSpec spec_;
   Variant variant_;
   std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers_;
+  std::vector<Group> groups_;
   std::vector<std::string> names_;
-  bool adam_family_, has_matrix_, has_vector_;
+  std::vector<at::Tensor> params_;  // in the order of names_
 };
 
 // Throws c10::Error naming the bad value (unknown variant, negative lr, ...),

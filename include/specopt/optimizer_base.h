@@ -31,7 +31,19 @@ class SpectralOptimizerBase : public torch::optim::Optimizer {
   // count, parameter count per group, shapes) differs from this optimizer's.
   void load(torch::serialize::InputArchive& archive) override;
 
+  // step() checks every gradient for NaN/Inf first (on by default). A wrapper
+  // that checks all its optimizers' gradients itself turns this off.
+  void set_check_finite_grads(bool on) { check_finite_grads_ = on; }
+
  protected:
+  // Throws, naming the parameter, if any gradient is non-finite (when enabled).
+  void check_grads() const;
+  // Throws, naming the parameter, if `row_blocks` does not divide dim 0 of a
+  // matrix of group `group`.
+  void check_row_blocks(size_t group, int64_t row_blocks) const;
+  // Throws, naming `name`, if a state read by load() does not fit `param`.
+  virtual void check_loaded_state(const torch::optim::OptimizerParamState& state, const at::Tensor& param,
+                                  const std::string& name) const = 0;
   // "SpectralAdamW" / "SpectralSGD": stored and checked by save/load.
   virtual std::string kind() const = 0;
   virtual std::unique_ptr<torch::optim::OptimizerOptions> make_options() const = 0;
@@ -42,6 +54,7 @@ class SpectralOptimizerBase : public torch::optim::Optimizer {
 
  private:
   std::vector<std::vector<std::string>> names_;
+  bool check_finite_grads_ = true;
 };
 
 }  // namespace specopt
