@@ -11,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 namespace specopt {
@@ -35,10 +36,12 @@ void visit_fields(Config& c, Visitor&& v) {
   v("model.dropout", c.model.dropout);
   v("model.hidden", c.model.hidden);
   v("model.channels", c.model.channels);
+  v("model.fc_hidden", c.model.fc_hidden);
 
   v("data.kind", c.data.kind);
   v("data.path", c.data.path);
   v("data.cache_dir", c.data.cache_dir);
+  v("data.vocab_size", c.data.vocab_size);
   v("data.val_fraction", c.data.val_fraction);
   v("data.train_limit", c.data.train_limit);
   v("data.val_limit", c.data.val_limit);
@@ -124,16 +127,12 @@ void insert_value(toml::table& table, const std::string& name, const std::vector
   table.insert_or_assign(name, std::move(arr));
 }
 
-std::string format_value(const std::string& key, const toml::table& section, const std::string& name) {
-  return describe(*section.get(name));
-}
-
 // ---- override parsing --------------------------------------------------------
 
 // The value text as a TOML node, or nullptr when it is not a TOML value.
 std::optional<toml::table> parse_value(const std::string& text) {
   try {
-    return toml::parse("v = " + text, "--set");
+    return toml::parse(std::string_view("v = " + text), std::string_view("--set"));
   } catch (const toml::parse_error&) {
     return std::nullopt;
   }
@@ -207,7 +206,7 @@ std::vector<std::string> config_keys() {
 void apply_toml(TrainConfig& config, const std::string& text, const std::string& origin) {
   toml::table root;
   try {
-    root = toml::parse(text, origin);
+    root = toml::parse(std::string_view(text), std::string_view(origin));
   } catch (const toml::parse_error& e) {
     TORCH_CHECK(false, "cannot parse config ", origin, " (line ", e.source().begin.line,
                 ", column ", e.source().begin.column, "): ", e.description());
@@ -338,6 +337,9 @@ void TrainConfig::validate() const {
               model.dropout);
   for (auto h : model.hidden) positive("model.hidden", h);
   for (auto c : model.channels) positive("model.channels", c);
+  TORCH_CHECK(model.channels.size() == 2, "config key 'model.channels' must list 2 widths (conv1, conv2), got ",
+              model.channels.size());
+  positive("model.fc_hidden", model.fc_hidden);
 
   one_of("data.kind", data.kind, {"kjv", "text", "bin", "fashion_mnist"});
   TORCH_CHECK((data.kind != "text" && data.kind != "bin") || !data.path.empty(),
@@ -345,6 +347,7 @@ void TrainConfig::validate() const {
               " when data.kind = \"", data.kind, "\"");
   TORCH_CHECK(data.val_fraction > 0 && data.val_fraction < 1,
               "config key 'data.val_fraction' must lie in (0, 1), got ", data.val_fraction);
+  non_negative("data.vocab_size", data.vocab_size);
   non_negative("data.train_limit", data.train_limit);
   non_negative("data.val_limit", data.val_limit);
   const bool image_data = data.kind == "fashion_mnist";

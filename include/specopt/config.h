@@ -39,9 +39,11 @@ struct ModelConfig {
   int64_t block_size = 128;
   bool qk_norm = false;
   double dropout = 0.0;
-  // mlp: hidden layer widths; cnn: convolution channels
+  // mlp: hidden layer widths
   std::vector<int64_t> hidden = {256, 256};
-  std::vector<int64_t> channels = {16, 32};
+  // cnn: the two convolution widths and the fully connected hidden width
+  std::vector<int64_t> channels = {32, 64};
+  int64_t fc_hidden = 128;
 };
 
 struct DataConfig {
@@ -49,7 +51,8 @@ struct DataConfig {
   // text: a UTF-8/byte text file; bin: a directory with nanoGPT train.bin and
   // val.bin (uint16 tokens); fashion_mnist: the IDX directory ("" = the system copy).
   std::string path;
-  std::string cache_dir = "runs/cache";  // kjv: where the corpus text is cached
+  std::string cache_dir;                 // kjv: where the corpus text is cached ("" = default_cache_dir())
+  int64_t vocab_size = 0;                // gpt vocabulary; 0 = from the data (256 for bytes, max token + 1 for bin)
   double val_fraction = 0.1;             // text: the tail fraction held out for validation
   int64_t train_limit = 0;               // use only the first N training examples/tokens (0 = all)
   int64_t val_limit = 0;                 // use only the first N validation examples/tokens (0 = all)
