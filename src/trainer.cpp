@@ -681,8 +681,12 @@ class Progress {
     first_step_ = first_step;
   }
 
-  void update(const StepStats& s, double rate) {
+  void update(const StepStats& s) {
     if (mode_ == ProgressMode::kQuiet) return;
+    // Throughput shown: an exponential moving average of the per-step rate.
+    const double step_rate = static_cast<double>(s.items) / std::max(s.step_s, 1e-12);
+    rate_ = rate_ > 0 ? 0.9 * rate_ + 0.1 * step_rate : step_rate;
+    const double rate = rate_;
     const double per_step = seconds_since(start_) / static_cast<double>(s.step - first_step_);
     const double eta = per_step * static_cast<double>(total_ - s.step);
     const std::string unit_short = unit_ == "tokens" ? "tok" : "samples";
@@ -724,6 +728,7 @@ class Progress {
   std::string unit_;
   Clock::time_point start_ = Clock::now(), last_draw_{};
   int64_t first_step_ = 0;
+  double rate_ = 0.0;
   bool drawn_ = false;
 };
 
@@ -772,6 +777,19 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   const std::string config_path = (dir / "config.toml").string();
   const ProgressMode mode = main_process ? options.progress : ProgressMode::kQuiet;
 
+  // A resumed run must be the same run: the config it was started with (its
+  // config.toml) may differ only in keys that do not change the computation.
+  if (options.resume && fs::exists(config_path)) {
+    std::ifstream in(config_path);
+    std::stringstream text;
+    text << in.rdbuf();
+    const TrainConfig before = config_from_toml_string(text.str(), config_path);
+    std::string diff;
+    for (const auto& key : config_differences(before, config))
+      if (!resumable_difference(key)) diff += (diff.empty() ? "" : ", ") + key;
+    TORCH_CHECK(diff.empty(), "cannot resume '", run_dir, "' with another config; these keys differ from ",
+                config_path, ": ", diff);
+  }
   if (options.resume && fs::exists(summary_path)) {
     std::ifstream in(summary_path);
     const auto summary = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
@@ -849,7 +867,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
                                               : "validation loss"));
       break;
     }
-    progress.update(s, s.items / std::max(s.step_s, 1e-12));
+    progress.update(s);
     if (main_process && c.train.checkpoint_every > 0 &&
         (s.step % c.train.checkpoint_every == 0 || s.step == c.train.steps))
       trainer.save_checkpoint(checkpoint_path);

@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -193,6 +195,78 @@ TEST(Trainer, GradAccumulationTwoHalvesEqualsOneBatch) {
     EXPECT_LT((p1[i] - p2[i]).abs().max().item<double>(), 3e-4) << "param " << i;
 }
 
+// ---- hooks: two ranks as two threads ------------------------------------------------
+
+// A summing all-reduce over `n` threads (a stand-in for a process group).
+class ThreadGroup {
+ public:
+  explicit ThreadGroup(int n) : n_(n) {}
+  void all_reduce_sum(at::Tensor& t) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const int64_t generation = generation_;
+    acc_ = arrived_ == 0 ? t.clone() : acc_ + t;
+    if (++arrived_ == n_) {
+      result_ = acc_;
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return generation_ != generation; });
+    }
+    t.copy_(result_);
+  }
+
+ private:
+  int n_, arrived_ = 0;
+  int64_t generation_ = 0;
+  at::Tensor acc_, result_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+};
+
+TEST(Trainer, TwoRanksThroughHooksMatchOneProcess) {
+  // Each rank takes half of every batch; gradients are averaged in
+  // after_backward; losses and validation sums go through all_reduce_sum.
+  const TrainConfig c = make_config(kGpt, {"train.grad_accum=2"});
+  specopt::Trainer single(c);
+  std::vector<double> single_losses;
+  for (int i = 0; i < 3; ++i) single_losses.push_back(single.step().loss);
+  const double single_val = single.evaluate();
+
+  ThreadGroup group(2);
+  std::vector<std::unique_ptr<specopt::Trainer>> ranks;
+  for (int64_t r = 0; r < 2; ++r) {
+    specopt::TrainHooks h;
+    h.rank = r;
+    h.world_size = 2;
+    h.all_reduce_sum = [&group](at::Tensor& t) { group.all_reduce_sum(t); };
+    h.after_backward = [&group](const std::vector<at::Tensor>& params) {
+      for (const auto& p : params) {
+        at::Tensor g = p.grad();
+        group.all_reduce_sum(g);
+        g.div_(2.0);
+      }
+    };
+    ranks.push_back(std::make_unique<specopt::Trainer>(c, h));
+  }
+  EXPECT_FALSE((specopt::TrainHooks{1, 2}.is_main_process()));
+  std::vector<double> losses[2], vals(2);
+  auto work = [&](int r) {
+    for (int i = 0; i < 3; ++i) losses[r].push_back(ranks[r]->step().loss);
+    vals[r] = ranks[r]->evaluate();
+  };
+  std::thread t1(work, 1);
+  work(0);
+  t1.join();
+  for (int r = 0; r < 2; ++r) {
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(losses[r][i], single_losses[i], 1e-5) << "rank " << r;
+    EXPECT_NEAR(vals[r], single_val, 1e-5) << "rank " << r;
+    const auto a = ranks[r]->model().parameters(), b = single.model().parameters();
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_LT((a[i] - b[i]).abs().max().item<double>(), 1e-4) << "rank " << r << " param " << i;
+  }
+}
+
 // ---- training lowers the loss --------------------------------------------------------
 
 TEST(Trainer, FashionMnistMlpLossGoesDown) {
@@ -262,6 +336,9 @@ TEST(Trainer, RunDirectoryContents) {
   const auto again = specopt::train(c, dir, o);
   EXPECT_EQ(again.final_val_loss, r.final_val_loss);
   EXPECT_EQ(read_jsonl(dir + "/metrics.jsonl").size(), 4u);
+  // ... but not under another config.
+  const std::string e = error_of([&] { specopt::train(make_config(kMlp, {"optim.lr_matrix=1e-2"}), dir, o); });
+  EXPECT_NE(e.find("optim.lr_matrix"), std::string::npos) << e;
 }
 
 // ---- resume --------------------------------------------------------------------------
