@@ -237,23 +237,14 @@ ImageDataset take_prefix(const ImageDataset& d, int64_t limit) {
   return limit > 0 && limit < d.size() ? d.slice(0, limit) : d;
 }
 
-std::pair<TokenDataset, TokenDataset> load_tokens(const DataConfig& data) {
+std::pair<TokenDataset, TokenDataset> load_token_splits(const DataConfig& data) {
   std::pair<TokenDataset, TokenDataset> tv;
   if (data.kind == "kjv") {
     tv = kjv_train_val(data.cache_dir.empty() ? default_cache_dir() : data.cache_dir);
   } else if (data.kind == "text") {
     tv = split_train_val(TokenDataset::from_text_file(data.path), data.val_fraction, '\n');
   } else {
-    const fs::path dir(data.path);
-    TokenDataset train = TokenDataset::from_bin((dir / "train.bin").string(), data.vocab_size);
-    TokenDataset val = TokenDataset::from_bin((dir / "val.bin").string(), data.vocab_size);
-    if (data.vocab_size == 0 && train.vocab_size() != val.vocab_size()) {
-      // One vocabulary for both splits: the larger of the two.
-      const int64_t v = std::max(train.vocab_size(), val.vocab_size());
-      train = TokenDataset::from_tokens(train.tokens(), v, train.name());
-      val = TokenDataset::from_tokens(val.tokens(), v, val.name());
-    }
-    tv = {train, val};
+    tv = bin_train_val(data.path, data.vocab_size);
   }
   return {take_prefix(tv.first, data.train_limit), take_prefix(tv.second, data.val_limit)};
 }
@@ -346,7 +337,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
     m.items_per_example = 1;
     m.unit = "samples";
   } else {
-    auto tv = load_tokens(c.data);
+    auto tv = load_token_splits(c.data);
     vocab_size = std::max(tv.first.vocab_size(), tv.second.vocab_size());
     if (c.data.vocab_size > 0) {
       TORCH_CHECK(c.data.vocab_size >= vocab_size, "config key 'data.vocab_size' = ", c.data.vocab_size,
@@ -555,10 +546,10 @@ void Trainer::save_checkpoint(const std::string& path) const {
   archive.write("config", c10::IValue(config_to_toml(m.config)));
   archive.write("step", c10::IValue(m.step));
 
-  torch::serialize::OutputArchive model_archive;
+  torch::serialize::OutputArchive model_archive(archive.compilation_unit());
   m.module->save(model_archive);
   archive.write("model", model_archive);
-  torch::serialize::OutputArchive optimizer_archive;
+  torch::serialize::OutputArchive optimizer_archive(archive.compilation_unit());
   m.optimizer->save(optimizer_archive);
   archive.write("optimizer", optimizer_archive);
 

@@ -3,6 +3,7 @@
 // checkpoint errors, and that training lowers the loss.
 #include "specopt/checkpoint.h"
 #include "specopt/config.h"
+#include "specopt/data.h"
 #include "specopt/trainer.h"
 
 #include <c10/util/Exception.h>
@@ -292,6 +293,38 @@ TEST(Trainer, TinyGptOnKjvLossGoesDown) {
   const double val_after = t.evaluate();
   EXPECT_NEAR(val_before, std::log(256.0), 0.3);
   EXPECT_LT(val_after, val_before - 1.0) << "before " << val_before << " after " << val_after;
+}
+
+TEST(Trainer, TextAndBinDataKinds) {
+  const std::string dir = test_dir();
+  // text: a file split at a line start; vocabulary 256 (bytes).
+  {
+    std::ofstream out(dir + "/corpus.txt");
+    for (int i = 0; i < 400; ++i) out << "In the beginning was the word " << i << ".\n";
+  }
+  specopt::Trainer text(make_config(kGpt, {"data.kind=text", "data.path=" + dir + "/corpus.txt",
+                                           "data.val_limit=0", "train.eval_batches=2"}));
+  EXPECT_EQ(text.model().named_parameters()["transformer.wte.weight"].size(0), 256);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(text.step().diverged);
+  EXPECT_TRUE(std::isfinite(text.evaluate()));
+  // bin: nanoGPT train.bin/val.bin; vocabulary = max token + 1 over both, or data.vocab_size.
+  fs::create_directories(dir + "/bin");
+  torch::manual_seed(1);
+  specopt::write_bin(specopt::TokenDataset::from_tokens(torch::randint(0, 300, {20000}), 300),
+                     dir + "/bin/train.bin");
+  auto val_tokens = torch::randint(0, 300, {4000});
+  val_tokens[17] = 499;
+  specopt::write_bin(specopt::TokenDataset::from_tokens(val_tokens, 500), dir + "/bin/val.bin");
+  specopt::Trainer bin(make_config(kGpt, {"data.kind=bin", "data.path=" + dir + "/bin", "data.val_limit=0"}));
+  EXPECT_EQ(bin.model().named_parameters()["transformer.wte.weight"].size(0), 500);
+  EXPECT_FALSE(bin.step().diverged);
+  specopt::Trainer wide(make_config(kGpt, {"data.kind=bin", "data.path=" + dir + "/bin",
+                                           "data.val_limit=0", "data.vocab_size=512"}));
+  EXPECT_EQ(wide.model().named_parameters()["transformer.wte.weight"].size(0), 512);
+  const std::string e = error_of([&] {
+    specopt::Trainer t(make_config(kGpt, {"data.kind=bin", "data.path=" + dir + "/nowhere"}));
+  });
+  EXPECT_NE(e.find(dir + "/nowhere"), std::string::npos) << e;
 }
 
 // ---- a whole run: run directory ------------------------------------------------------
