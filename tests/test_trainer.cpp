@@ -10,7 +10,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/nn/utils/clip_grad.h>
-#include <torch/torch.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -286,6 +287,15 @@ TEST(Trainer, FashionMnistMlpLossGoesDown) {
   EXPECT_LT(val_after, val_before - 0.5);
 }
 
+TEST(Trainer, FashionMnistCnnLossGoesDown) {
+  specopt::Trainer t(make_config(kMlp, {"model.kind=cnn", "model.channels=[4, 8]", "model.fc_hidden=16",
+                                        "train.steps=30", "optim.lr_matrix=1e-2", "optim.lr_vector=1e-2"}));
+  EXPECT_EQ(t.model().named_parameters()["conv1.weight"].sizes(), (std::vector<int64_t>{4, 1, 3, 3}));
+  const double val_before = t.evaluate();
+  for (int i = 0; i < 30; ++i) ASSERT_FALSE(t.step().diverged);
+  EXPECT_LT(t.evaluate(), val_before - 0.5);
+}
+
 TEST(Trainer, TinyGptOnKjvLossGoesDown) {
   specopt::Trainer t(make_config(kGpt, {}));
   const double val_before = t.evaluate();
@@ -491,6 +501,28 @@ TEST(Trainer, HugeLearningRateDivergesWithExitCodeZero) {
   const auto rows = read_jsonl(run + "/metrics.jsonl");
   ASSERT_FALSE(rows.empty());
   EXPECT_TRUE(rows.back()["train_loss"].is_string()) << rows.back().dump();  // "nan" / "inf"
+}
+
+TEST(Trainer, OptimizerRefusingNonFiniteGradientsIsDivergence) {
+  // A gradient that turns non-finite after the trainer's own check (here in a
+  // custom optimizer step): the optimizer throws, the trainer reports divergence.
+  specopt::TrainHooks h;
+  h.step_optimizer = [](specopt::SpectralOptimizer& opt) {
+    opt.optimizers()[0]->param_groups()[0].params()[0].mutable_grad().fill_(NAN);
+    opt.step();
+  };
+  specopt::Trainer t(make_config(kGpt, {}), h);
+  std::vector<at::Tensor> before;
+  for (const auto& p : t.model().parameters()) before.push_back(p.detach().clone());
+  const auto s = t.step();
+  EXPECT_TRUE(s.diverged);
+  EXPECT_EQ(t.steps_done(), 0);
+  const auto after = t.model().parameters();
+  for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(torch::equal(after[i], before[i]));
+  // Any other optimizer error is an error, not a divergence.
+  h.step_optimizer = [](specopt::SpectralOptimizer&) { TORCH_CHECK(false, "disk on fire"); };
+  specopt::Trainer t2(make_config(kGpt, {}), h);
+  EXPECT_NE(error_of([&] { t2.step(); }).find("disk on fire"), std::string::npos);
 }
 
 // ---- checkpoint errors ------------------------------------------------------------------
