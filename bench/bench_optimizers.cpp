@@ -5,9 +5,9 @@
 //   bench_optimizers [--sets=small,gpt2] [--method=auto|eigh|svd|newton|...]
 //                    [google benchmark flags, e.g. --benchmark_out=F --benchmark_out_format=json]
 //
-// --sets: parameter sets to register (default "small": a few minutes on 2
-// cores; "gpt2" times one step per variant after a warm-up step: about
-// 30 s of CPU per spectral variant on 2 cores, mostly eigh of 768×768 Gram matrices).
+// --sets: parameter sets to register (default "small": under a minute on 2
+// cores; "gpt2" times one step per variant after a warm-up step, ~15 minutes
+// on a busy 2-core machine, see docs/optimizers.md).
 // One iteration = one optimizer step over all parameters with fixed gradients.
 #include "specopt/make_optimizer.h"
 #include "specopt/spectral.h"
