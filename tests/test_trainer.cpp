@@ -384,6 +384,25 @@ TEST(Trainer, RunDirectoryContents) {
   EXPECT_NE(e.find("optim.lr_matrix"), std::string::npos) << e;
 }
 
+TEST(Trainer, ResumeAfterTheLastCheckpointRewritesTheSameSummary) {
+  // Killed after the final checkpoint but before summary.json: resuming runs
+  // no step and writes the summary from the checkpointed totals.
+  const std::string dir = test_dir();
+  const TrainConfig c = make_config(kGpt, {"train.steps=6", "train.eval_every=3", "train.checkpoint_every=3"});
+  specopt::TrainOptions o;
+  o.progress = specopt::ProgressMode::kQuiet;
+  specopt::train(c, dir, o);
+  const auto first = read_json(dir + "/summary.json");
+  fs::remove(dir + "/summary.json");
+  o.resume = true;
+  const auto r = specopt::train(c, dir, o);
+  EXPECT_EQ(r.steps_done, 6);
+  const auto second = read_json(dir + "/summary.json");
+  for (const char* key : {"status", "steps_done", "final_train_loss", "final_val_loss", "best_val_loss"})
+    EXPECT_EQ(first[key], second[key]) << key;
+  EXPECT_EQ(read_jsonl(dir + "/metrics.jsonl").size(), 6u);
+}
+
 // ---- resume --------------------------------------------------------------------------
 
 // Runs 12 steps straight, then 5 steps + checkpoint + 1 more step (discarded,
