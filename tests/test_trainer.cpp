@@ -43,13 +43,23 @@ std::string error_of(F&& f) {
   return "";
 }
 
-// A fresh directory per test.
+// A fresh directory per test, removed when the test program ends.
+struct TestDirs {
+  std::vector<fs::path> dirs;
+  ~TestDirs() {
+    std::error_code ec;
+    for (const auto& d : dirs) fs::remove_all(d, ec);
+  }
+};
+TestDirs test_dirs;
+
 std::string test_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   const fs::path dir = fs::temp_directory_path() /
                        ("specopt_trainer_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
+  test_dirs.dirs.push_back(dir);
   return dir.string();
 }
 
