@@ -1,6 +1,7 @@
 // Data-parallel training on torch c10d: rendezvous, bucketed gradient
 // all-reduce, sharded optimizer step, full-state checkpoints, launcher.
 #include "specopt/distributed.h"
+#include "specopt/update_rules.h"
 
 // The c10d Gloo header is compiled only under USE_C10D_GLOO, a define that
 // LibTorch's CMake config does not export. Gloo is inside libtorch_cpu; its
@@ -346,6 +347,15 @@ ShardedStep::ShardedStep(std::shared_ptr<Communicator> comm,
 
 void ShardedStep::step(const std::function<void()>& local_step) {
   using Clock = std::chrono::steady_clock;
+  // Gradients are identical on all ranks, so checking all of them here makes
+  // every rank fail together on a NaN/Inf, before any state changes.
+  std::vector<at::Tensor> grads;
+  std::vector<std::string> names;
+  for (const auto& np : params_) {
+    grads.push_back(np.second.grad());
+    names.push_back(np.first);
+  }
+  check_finite_grads(grads, names);
   for (size_t i = 0; i < params_.size(); ++i)
     if (!owns(i)) params_[i].second.mutable_grad().reset();
   auto t0 = Clock::now();
@@ -423,8 +433,7 @@ void ShardedStep::drop_unowned_state(const std::vector<torch::optim::Optimizer*>
 
 // ---------------------------------------------------------------- launcher
 
-namespace {
-int free_loopback_port() {
+int64_t free_loopback_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   TORCH_CHECK(fd >= 0, "launcher: socket() failed: ", std::strerror(errno));
   sockaddr_in addr{};
@@ -439,6 +448,7 @@ int free_loopback_port() {
   return ntohs(addr.sin_port);
 }
 
+namespace {
 int exit_code_of(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);

@@ -176,6 +176,10 @@ struct LaunchOptions {
   TORCH_ARG(double, kill_grace_s) = 5.0;
 };
 
+// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and
+// released): for single-machine rendezvous.
+int64_t free_loopback_port();
+
 // Starts nproc copies of this executable (/proc/self/exe) with `args` and
 // the rank environment, waits for them, and returns 0 if all succeed. When
 // one fails the others are terminated and its exit status is returned
