@@ -30,6 +30,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <numeric>
 #include <sstream>
@@ -225,6 +226,13 @@ void Communicator::all_reduce_mean(const std::vector<at::Tensor>& tensors, int64
       offset += t.numel();
     }
   }
+}
+
+void Communicator::all_reduce_sum(const at::Tensor& tensor) {
+  std::vector<at::Tensor> t{tensor};
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  impl_->wait(impl_->backend->allreduce(t, opts), "metric all-reduce");
 }
 
 void Communicator::broadcast(const std::vector<at::Tensor>& tensors, int64_t root) {
@@ -431,6 +439,55 @@ void ShardedStep::drop_unowned_state(const std::vector<torch::optim::Optimizer*>
   }
 }
 
+std::vector<std::pair<std::string, at::Tensor>> named_parameters_of(SpectralOptimizer& optimizer) {
+  // make_optimizer lists names optimizer by optimizer, group by group.
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  const auto& names = optimizer.parameter_names();
+  for (auto* opt : optimizer.optimizers())
+    for (const auto& group : opt->param_groups())
+      for (const auto& p : group.params()) {
+        TORCH_CHECK(out.size() < names.size(), "named_parameters_of: more parameters than names");
+        out.emplace_back(names[out.size()], p);
+      }
+  TORCH_CHECK(out.size() == names.size(), "named_parameters_of: ", names.size(), " names but ", out.size(),
+              " parameters");
+  return out;
+}
+
+TrainHooks make_train_hooks(std::shared_ptr<Communicator> comm, const TrainHookOptions& options) {
+  TORCH_CHECK(comm, "make_train_hooks needs a communicator");
+  TrainHooks hooks;
+  hooks.rank = comm->rank();
+  hooks.world_size = comm->world_size();
+  auto sync = std::make_shared<GradientSynchronizer>(comm, options.bucket_mb());
+  hooks.after_backward = [sync](const std::vector<at::Tensor>& params) { sync->synchronize(params); };
+  hooks.all_reduce_sum = [comm](at::Tensor& values) { comm->all_reduce_sum(values); };
+  if (!options.shard_optimizer()) return hooks;
+
+  struct Shared {
+    std::unique_ptr<ShardedStep> sharded;
+    const SpectralOptimizer* built_for = nullptr;
+  };
+  auto shared = std::make_shared<Shared>();
+  auto sharded_for = [comm, shared](SpectralOptimizer& opt) -> ShardedStep& {
+    if (!shared->sharded || shared->built_for != &opt) {
+      shared->sharded = std::make_unique<ShardedStep>(comm, named_parameters_of(opt));
+      shared->built_for = &opt;
+    }
+    return *shared->sharded;
+  };
+  hooks.step_optimizer = [sharded_for](SpectralOptimizer& opt) {
+    sharded_for(opt).step([&opt] { opt.step(); });
+  };
+  hooks.before_save = [sharded_for](SpectralOptimizer& opt) {
+    sharded_for(opt).gather_full_state(opt.optimizers());
+  };
+  auto trim = [sharded_for](SpectralOptimizer& opt) { sharded_for(opt).drop_unowned_state(opt.optimizers()); };
+  hooks.after_save = trim;
+  hooks.after_load = trim;
+  return hooks;
+}
+
 // ---------------------------------------------------------------- launcher
 
 int64_t free_loopback_port() {
@@ -486,7 +543,6 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
       ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
       ::setenv("SPECOPT_DIST_TIMEOUT", std::to_string(o.timeout_s()).c_str(), 1);
       ::setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
-      ::setenv("SPECOPT_THREADS", std::to_string(threads).c_str(), 1);
       std::vector<char*> argv;
       std::string self = "/proc/self/exe";
       argv.push_back(const_cast<char*>(self.c_str()));
@@ -538,6 +594,29 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
     }
   }
   return result;
+}
+
+}  // namespace dist
+}  // namespace specopt
+
+namespace specopt {
+namespace dist {
+
+std::vector<std::string> own_arguments_without(const std::string& option) {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  TORCH_CHECK(in.good(), "cannot read /proc/self/cmdline");
+  std::vector<std::string> args;
+  std::string arg;
+  while (std::getline(in, arg, '\0')) args.push_back(arg);
+  std::vector<std::string> out;
+  for (size_t i = 1; i < args.size(); ++i) {
+    if (args[i] == option) {
+      ++i;  // and its value
+    } else if (args[i].rfind(option + "=", 0) != 0) {
+      out.push_back(args[i]);
+    }
+  }
+  return out;
 }
 
 }  // namespace dist

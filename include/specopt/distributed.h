@@ -26,6 +26,8 @@
 // GLOO_SOCKET_IFNAME (network interface Gloo binds to on multi-machine runs).
 #pragma once
 
+#include "specopt/trainer.h"
+
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
 
@@ -78,6 +80,8 @@ class Communicator {
   // of at most bucket_bytes (a larger tensor goes alone); all buckets are
   // in flight together.
   void all_reduce_mean(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes);
+  // In place: tensor ← sum over ranks (small tensors: metrics, counts).
+  void all_reduce_sum(const at::Tensor& tensor);
   // In place: tensors ← root's tensors (flattened into one buffer per dtype).
   void broadcast(const std::vector<at::Tensor>& tensors, int64_t root);
   void barrier();
@@ -162,6 +166,23 @@ class ShardedStep {
   double last_local_s_ = 0.0, last_broadcast_s_ = 0.0;
 };
 
+// Pairs each parameter of `optimizer` with its name, in parameter_names() order.
+std::vector<std::pair<std::string, at::Tensor>> named_parameters_of(SpectralOptimizer& optimizer);
+
+struct TrainHookOptions {
+  TORCH_ARG(double, bucket_mb) = 25.0;  // gradient all-reduce bucket size
+  // true: sharded spectral step + broadcast, state on owners (ZeRO-1);
+  // false: every rank steps every parameter (replicated optimizer).
+  TORCH_ARG(bool, shard_optimizer) = true;
+};
+
+// TrainHooks that make specopt::train()/Trainer run as rank comm->rank():
+// gradients averaged by GradientSynchronizer, the optimizer step through a
+// ShardedStep (built on first use from the optimizer's parameters), the full
+// optimizer state gathered to rank 0 around checkpoint writes and trimmed to
+// the owned share after loading, metrics summed over ranks.
+TrainHooks make_train_hooks(std::shared_ptr<Communicator> comm, const TrainHookOptions& options = {});
+
 // ---------------------------------------------------------------- launcher
 
 struct LaunchOptions {
@@ -185,6 +206,11 @@ int64_t free_loopback_port();
 // one fails the others are terminated and its exit status is returned
 // (128 + signal for a killed rank).
 int launch_local(const std::vector<std::string>& args, const LaunchOptions& options);
+
+// This process's arguments (from /proc/self/cmdline, without argv[0]) minus
+// `option` and its value ("--opt V" or "--opt=V"): how `train --nproc N`
+// restarts itself as N ranks.
+std::vector<std::string> own_arguments_without(const std::string& option);
 
 }  // namespace dist
 }  // namespace specopt
