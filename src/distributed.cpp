@@ -3,16 +3,23 @@
 #include "specopt/distributed.h"
 #include "specopt/update_rules.h"
 
-// The c10d Gloo header is compiled only under USE_C10D_GLOO, a define that
-// LibTorch's CMake config does not export. Gloo is inside libtorch_cpu; its
-// headers come with Debian's libgloo-dev (pip LibTorch ships them too).
-#if !defined(USE_C10D_GLOO) && __has_include(<gloo/config.h>)
+// The c10d Gloo header includes Gloo's own headers (Debian: libgloo-dev; pip
+// LibTorch ships them) and is compiled only under USE_C10D_GLOO, which
+// LibTorch's CMake config normally exports. Gloo itself is inside
+// libtorch_cpu. Without the headers, the "gloo" backend reports that it is
+// missing instead of breaking the build.
+#if __has_include(<gloo/config.h>)
+#define SPECOPT_HAVE_GLOO 1
+#ifndef USE_C10D_GLOO
 #define USE_C10D_GLOO
+#endif
+#else
+#define SPECOPT_HAVE_GLOO 0
 #endif
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#ifdef USE_C10D_GLOO
+#if SPECOPT_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 #ifdef USE_C10D_NCCL
@@ -146,7 +153,7 @@ Communicator::Communicator(const DistOptions& options)
   const bool cuda = o.device().rfind("cuda", 0) == 0;
   if (backend == "auto") backend = cuda ? "nccl" : "gloo";
   if (backend == "gloo") {
-#ifdef USE_C10D_GLOO
+#if SPECOPT_HAVE_GLOO
     auto gloo_options = c10d::ProcessGroupGloo::Options::create(to_ms(o.timeout_s()));
     if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME")) {
       gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
@@ -338,7 +345,7 @@ void GradientSynchronizer::synchronize(const std::vector<at::Tensor>& params) {
   std::vector<at::Tensor> grads;
   grads.reserve(params.size());
   for (const auto& p : params) {
-    if (!p.grad().defined()) const_cast<at::Tensor&>(p).mutable_grad() = at::zeros_like(p);
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
     grads.push_back(p.grad());
   }
   comm_->all_reduce_mean(grads, bucket_bytes_);
@@ -364,10 +371,26 @@ void ShardedStep::step(const std::function<void()>& local_step) {
     names.push_back(np.first);
   }
   check_finite_grads(grads, names);
+  // Foreign gradients are set aside for the local step and put back after it
+  // (also when it throws), so callers see the gradients they passed in.
+  std::vector<at::Tensor> set_aside(params_.size());
   for (size_t i = 0; i < params_.size(); ++i)
-    if (!owns(i)) params_[i].second.mutable_grad().reset();
+    if (!owns(i)) {
+      set_aside[i] = params_[i].second.grad();
+      params_[i].second.mutable_grad().reset();
+    }
+  auto restore = [&] {
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (set_aside[i].defined()) params_[i].second.mutable_grad() = set_aside[i];
+  };
   auto t0 = Clock::now();
-  local_step();
+  try {
+    local_step();
+  } catch (...) {
+    restore();
+    throw;
+  }
+  restore();
   auto t1 = Clock::now();
   if (comm_->world_size() > 1) {
     at::NoGradGuard no_grad;

@@ -138,11 +138,12 @@ class ShardedStep {
     return params_;
   }
 
-  // 1. drops the gradients of parameters owned by other ranks (optimizers in
-  //    the torch::optim mould skip parameters without a gradient, so they
+  // 1. sets aside the gradients of parameters owned by other ranks (optimizers
+  //    in the torch::optim mould skip parameters without a gradient, so they
   //    neither update them nor create state for them), 2. runs `local_step`,
-  //    3. broadcasts each parameter from its owner. Gradients must already be
-  //    identical on all ranks (GradientSynchronizer).
+  //    3. puts those gradients back, 4. broadcasts each parameter from its
+  //    owner. Gradients must already be identical on all ranks
+  //    (GradientSynchronizer); a NaN/Inf gradient throws before step 1.
   void step(const std::function<void()>& local_step);
 
   // Checkpointing with state that lives on its owners only. Both are
