@@ -1,6 +1,7 @@
 // Data-parallel training on torch c10d: rendezvous, bucketed gradient
 // all-reduce, sharded optimizer step, full-state checkpoints, launcher.
 #include "specopt/distributed.h"
+#include "specopt/compat.h"
 #include "specopt/update_rules.h"
 
 // The c10d Gloo header includes Gloo's own headers (Debian: libgloo-dev; pip
@@ -406,17 +407,6 @@ void ShardedStep::step(const std::function<void()>& local_step) {
 }
 
 namespace {
-using StateMap = std::remove_reference_t<decltype(std::declval<torch::optim::Optimizer&>().state())>;
-using StateKey = StateMap::key_type;
-
-StateKey key_of(const at::Tensor& p) {
-#if TORCH_VERSION_MAJOR >= 2
-  return p.unsafeGetTensorImpl();
-#else
-  return c10::guts::to_string(p.unsafeGetTensorImpl());
-#endif
-}
-
 std::string save_to_bytes(torch::optim::Optimizer& opt) {
   torch::serialize::OutputArchive archive;
   opt.save(archive);
@@ -438,7 +428,7 @@ void ShardedStep::gather_full_state(const std::vector<torch::optim::Optimizer*>&
     auto take = [&](int64_t from) {
       for (size_t i = 0; i < params_.size(); ++i) {
         if (plan_.owner[i] != from) continue;
-        auto it = opt->state().find(key_of(params_[i].second));
+        auto it = opt->state().find(compat::state_key(params_[i].second));
         if (it != opt->state().end() && it->second) collected[i] = std::move(it->second);
       }
     };
@@ -451,14 +441,14 @@ void ShardedStep::gather_full_state(const std::vector<torch::optim::Optimizer*>&
       take(r);
     }
     opt->state().clear();
-    for (auto& entry : collected) opt->state()[key_of(params_[entry.first].second)] = std::move(entry.second);
+    for (auto& entry : collected) opt->state()[compat::state_key(params_[entry.first].second)] = std::move(entry.second);
   }
 }
 
 void ShardedStep::drop_unowned_state(const std::vector<torch::optim::Optimizer*>& optimizers) const {
   for (auto* opt : optimizers) {
     for (size_t i = 0; i < params_.size(); ++i)
-      if (!owns(i)) opt->state().erase(key_of(params_[i].second));
+      if (!owns(i)) opt->state().erase(compat::state_key(params_[i].second));
   }
 }
 
