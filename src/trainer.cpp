@@ -410,6 +410,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
 
   m.totals.best_val_loss = kInf;
   m.totals.last_val_loss = kInf;
+  m.totals.last_train_loss = kInf;
 }
 
 Trainer::~Trainer() = default;
@@ -574,6 +575,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
 
   archive.write("totals_best_val_loss", c10::IValue(m.totals.best_val_loss));
   archive.write("totals_last_val_loss", c10::IValue(m.totals.last_val_loss));
+  archive.write("totals_last_train_loss", c10::IValue(m.totals.last_train_loss));
   archive.write("totals_items", c10::IValue(m.totals.items));
   archive.write("totals_train_s", c10::IValue(m.totals.train_s));
   archive.write("totals_optimizer_s", c10::IValue(m.totals.optimizer_s));
@@ -631,6 +633,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   }
   m.totals.best_val_loss = read("totals_best_val_loss").toDouble();
   m.totals.last_val_loss = read("totals_last_val_loss").toDouble();
+  m.totals.last_train_loss = read("totals_last_train_loss").toDouble();
   m.totals.items = read("totals_items").toInt();
   m.totals.train_s = read("totals_train_s").toDouble();
   m.totals.optimizer_s = read("totals_optimizer_s").toDouble();
@@ -822,7 +825,6 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   const std::string rate_key = trainer.item_unit() + "_per_s";
 
   bool diverged = false;
-  double last_train_loss = kInf;
   progress.start(trainer.steps_done());
   while (trainer.steps_done() < c.train.steps) {
     const StepStats s = trainer.step();
@@ -833,7 +835,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
                           {"p", s.p},
                           {"grad_norm", json_number(s.grad_norm)},
                           {rate_key, s.items / std::max(s.step_s, 1e-12)}};
-    last_train_loss = s.loss;
+    totals.last_train_loss = s.loss;
     bool log_row = s.step % c.train.log_every == 0 || s.step == c.train.steps;
     if (s.diverged) {
       diverged = true;
@@ -872,7 +874,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   r.diverged = diverged;
   r.status = diverged ? "diverged" : "finished";
   r.steps_done = trainer.steps_done();
-  r.final_train_loss = last_train_loss;
+  r.final_train_loss = totals.last_train_loss;
   r.final_val_loss = diverged ? kInf : totals.last_val_loss;
   r.best_val_loss = totals.best_val_loss;
   r.throughput_unit = trainer.item_unit();

@@ -43,13 +43,23 @@ std::string error_of(F&& f) {
   return "";
 }
 
-// A fresh directory per test.
+// A fresh directory per test, removed when the test program ends.
+struct TestDirs {
+  std::vector<fs::path> dirs;
+  ~TestDirs() {
+    std::error_code ec;
+    for (const auto& d : dirs) fs::remove_all(d, ec);
+  }
+};
+TestDirs test_dirs;
+
 std::string test_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   const fs::path dir = fs::temp_directory_path() /
                        ("specopt_trainer_" + std::string(info->name()) + "_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
+  test_dirs.dirs.push_back(dir);
   return dir.string();
 }
 
@@ -382,6 +392,25 @@ TEST(Trainer, RunDirectoryContents) {
   // ... but not under another config.
   const std::string e = error_of([&] { specopt::train(make_config(kMlp, {"optim.lr_matrix=1e-2"}), dir, o); });
   EXPECT_NE(e.find("optim.lr_matrix"), std::string::npos) << e;
+}
+
+TEST(Trainer, ResumeAfterTheLastCheckpointRewritesTheSameSummary) {
+  // Killed after the final checkpoint but before summary.json: resuming runs
+  // no step and writes the summary from the checkpointed totals.
+  const std::string dir = test_dir();
+  const TrainConfig c = make_config(kGpt, {"train.steps=6", "train.eval_every=3", "train.checkpoint_every=3"});
+  specopt::TrainOptions o;
+  o.progress = specopt::ProgressMode::kQuiet;
+  specopt::train(c, dir, o);
+  const auto first = read_json(dir + "/summary.json");
+  fs::remove(dir + "/summary.json");
+  o.resume = true;
+  const auto r = specopt::train(c, dir, o);
+  EXPECT_EQ(r.steps_done, 6);
+  const auto second = read_json(dir + "/summary.json");
+  for (const char* key : {"status", "steps_done", "final_train_loss", "final_val_loss", "best_val_loss"})
+    EXPECT_EQ(first[key], second[key]) << key;
+  EXPECT_EQ(read_jsonl(dir + "/metrics.jsonl").size(), 6u);
 }
 
 // ---- resume --------------------------------------------------------------------------

@@ -113,6 +113,7 @@ double clip_gradients(const std::vector<at::Tensor>& params, double max_norm);
 struct RunTotals {
   double best_val_loss = 0.0;  // +inf until the first validation
   double last_val_loss = 0.0;  // +inf until the first validation
+  double last_train_loss = 0.0;  // loss of the latest step; +inf before the first
   int64_t items = 0;           // tokens or samples of all steps (global batches)
   double train_s = 0.0;        // wall time inside step() (no validation, no I/O)
   double optimizer_s = 0.0;    // wall time inside the optimizer step
