@@ -1,16 +1,19 @@
 // `specopt train CONFIG [--set k=v]... [--run-dir DIR] [--resume] [--quiet]
-//                       [--device D] [--threads N] [--progress MODE] [--print-config]`
+//                       [--device D] [--threads N] [--progress MODE] [--print-config]
+//                       [--nproc N | --rank R --world-size W --master-addr A --master-port P]`
 //
 // Exit status 0 when the run finished or diverged (summary.json says which),
 // 1 on an error (bad config, missing data, unreadable checkpoint, ...).
 #include "commands.h"
 
 #include "specopt/config.h"
+#include "specopt/distributed.h"
 #include "specopt/trainer.h"
 
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 
@@ -26,6 +29,11 @@ struct TrainArgs {
   int64_t threads = -1;
   std::string progress = "auto";
   bool print_config = false;
+  // Distributed (docs/distributed.md); unset values come from the environment.
+  int64_t nproc = 1;
+  int64_t rank = -1, world_size = 0, master_port = 0;
+  std::string master_addr;
+  double dist_timeout = 0.0;
 };
 
 void run_train(const TrainArgs& a) {
@@ -39,8 +47,32 @@ void run_train(const TrainArgs& a) {
     return;
   }
 
+  if (a.nproc > 1 && !specopt::dist::launched_as_rank() && a.world_size == 0) {
+    // Restart this command line as nproc ranks on this machine.
+    const int code = specopt::dist::launch_local(
+        specopt::dist::own_arguments_without("--nproc"),
+        specopt::dist::LaunchOptions()
+            .nproc(a.nproc)
+            .master_addr(a.master_addr.empty() ? "127.0.0.1" : a.master_addr)
+            .master_port(a.master_port)
+            .timeout_s(a.dist_timeout > 0 ? a.dist_timeout : 60.0));
+    if (code != 0) std::exit(code);
+    return;
+  }
+
   specopt::TrainOptions options;
   options.resume = a.resume;
+  auto dist = specopt::dist::options_from_env(specopt::dist::DistOptions().device(config.run.device));
+  if (a.rank >= 0) dist.rank(a.rank);
+  if (a.world_size > 0) dist.world_size(a.world_size);
+  if (!a.master_addr.empty()) dist.master_addr(a.master_addr);
+  if (a.master_port > 0) dist.master_port(a.master_port);
+  if (a.dist_timeout > 0) dist.timeout_s(a.dist_timeout);
+  std::shared_ptr<specopt::dist::Communicator> comm;
+  if (dist.world_size() > 1) {
+    comm = std::make_shared<specopt::dist::Communicator>(dist);
+    options.hooks = specopt::dist::make_train_hooks(comm);
+  }
   if (a.quiet) {
     options.progress = specopt::ProgressMode::kQuiet;
   } else if (a.progress == "bar") {
@@ -50,7 +82,7 @@ void run_train(const TrainArgs& a) {
   }
   const std::string run_dir = a.run_dir.empty() ? config.run.run_dir : a.run_dir;
   const specopt::TrainResult r = specopt::train(config, run_dir, options);
-  if (!a.quiet) {
+  if (!a.quiet && options.hooks.is_main_process()) {
     std::cout << fmt::format("{}: {} after {} steps, final val loss {:.4f} (best {:.4f}), {:.0f} {}/s\n",
                              run_dir, r.status, r.steps_done, r.final_val_loss, r.best_val_loss,
                              r.throughput, r.throughput_unit);
@@ -75,6 +107,17 @@ specopt::cli::Registrar reg("train", [](CLI::App& app) {
                   "auto (bar on a terminal, else log lines), bar, lines")
       ->check(CLI::IsMember({"auto", "bar", "lines"}));
   cmd->add_flag("--print-config", args->print_config, "Print the resolved config and exit");
+  cmd->add_option("--nproc", args->nproc, "Train with N ranks on this machine (data parallel, sharded optimizer)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--rank", args->rank, "This process's rank (default: $RANK)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--world-size", args->world_size, "Number of ranks (default: $WORLD_SIZE, else 1)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--master-addr", args->master_addr, "Host of rank 0 (default: $MASTER_ADDR, else 127.0.0.1)");
+  cmd->add_option("--master-port", args->master_port, "Port of rank 0's store (default: $MASTER_PORT, else 29500)")
+      ->check(CLI::Range(1, 65535));
+  cmd->add_option("--dist-timeout", args->dist_timeout,
+                  "Seconds to wait for peers before failing (default: $SPECOPT_DIST_TIMEOUT, else 60)")
+      ->check(CLI::PositiveNumber);
   cmd->callback([args] { run_train(*args); });
 });
 

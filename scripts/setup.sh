@@ -8,7 +8,7 @@ BUILD_DIR=${1:-build}
 
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config
-  libtorch-dev libopenblas0-pthread libopenblas-pthread-dev zlib1g-dev
+  libtorch-dev libgloo-dev libopenblas0-pthread libopenblas-pthread-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
   libcli11-dev libtomlplusplus-dev libfmt-dev nlohmann-json3-dev
   python3-dev python3-torch python3-pybind11 pybind11-dev python3-matplotlib python3-numpy python3-pytest

@@ -805,6 +805,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
 
   if (options.resume && fs::exists(checkpoint_path)) {
     trainer.load_checkpoint(checkpoint_path);
+    if (options.hooks.after_load) options.hooks.after_load(trainer.optimizer());
     if (main_process) truncate_metrics(metrics_path, trainer.steps_done());
     progress.message(fmt::format("resuming '{}' at step {}/{}", run_dir, trainer.steps_done(), c.train.steps));
   } else if (main_process) {
@@ -861,9 +862,11 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
       break;
     }
     progress.update(s);
-    if (main_process && c.train.checkpoint_every > 0 &&
-        (s.step % c.train.checkpoint_every == 0 || s.step == c.train.steps))
-      trainer.save_checkpoint(checkpoint_path);
+    if (c.train.checkpoint_every > 0 && (s.step % c.train.checkpoint_every == 0 || s.step == c.train.steps)) {
+      if (options.hooks.before_save) options.hooks.before_save(trainer.optimizer());
+      if (main_process) trainer.save_checkpoint(checkpoint_path);
+      if (options.hooks.after_save) options.hooks.after_save(trainer.optimizer());
+    }
   }
   progress.finish();
 

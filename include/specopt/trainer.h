@@ -79,6 +79,12 @@ struct TrainHooks {
   std::function<void(SpectralOptimizer& optimizer)> step_optimizer;
   // In-place sum of a small float64 CPU tensor over all ranks.
   std::function<void(at::Tensor& values)> all_reduce_sum;
+  // Checkpoints when optimizer state is spread over the ranks (train() calls
+  // these on every rank): before_save before rank 0 writes a checkpoint
+  // (collective: e.g. gather the state to rank 0), after_save after it, and
+  // after_load after a checkpoint was loaded for --resume (e.g. drop the
+  // state of parameters that other ranks own).
+  std::function<void(SpectralOptimizer& optimizer)> before_save, after_save, after_load;
 
   bool is_main_process() const { return rank == 0; }
 };
