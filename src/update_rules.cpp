@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <cmath>
 #include <map>
@@ -82,6 +83,12 @@ void check_transform_options(const MatrixTransformOptions& o) {
   TORCH_CHECK(o.row_blocks() >= 1, "spectral optimizer: row_blocks must be >= 1, got ", o.row_blocks());
 }
 
+namespace {
+thread_local double t_transform_seconds = 0.0;
+}  // namespace
+
+double transform_seconds() { return t_transform_seconds; }
+
 std::vector<at::Tensor> transform_matrix_updates(const std::vector<at::Tensor>& updates,
                                                  const MatrixTransformOptions& options) {
   check_transform_options(options);
@@ -122,7 +129,9 @@ std::vector<at::Tensor> transform_matrix_updates(const std::vector<at::Tensor>& 
     for (size_t i : members) blocks.push_back(updates[i].reshape({shapes[i].blocks, rows, cols}));
     const at::Tensor X = blocks.size() == 1 ? blocks[0] : at::cat(blocks, 0);
     SpectralInfo info;
+    const auto t0 = std::chrono::steady_clock::now();
     at::Tensor Y = spectral_power(X, p, spectral, &info);
+    t_transform_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double s = scale_factor(options.scale(), p, rows, cols, info.method);
     if (s != 1.0) Y = Y * s;
     int64_t offset = 0;

@@ -99,6 +99,7 @@ struct StepStats {
   int64_t items = 0;        // tokens (gpt) or samples (images) of the global batch (all ranks)
   double step_s = 0.0;      // wall time of the whole step
   double optimizer_s = 0.0;  // wall time of the optimizer step alone
+  double transform_s = 0.0;  // of which inside the spectral transform Ψ_p (this rank's share)
   bool diverged = false;    // non-finite loss or gradient; parameters were not updated
 };
 
@@ -117,6 +118,7 @@ struct RunTotals {
   int64_t items = 0;           // tokens or samples of all steps (global batches)
   double train_s = 0.0;        // wall time inside step() (no validation, no I/O)
   double optimizer_s = 0.0;    // wall time inside the optimizer step
+  double transform_s = 0.0;    // wall time inside the spectral transform Ψ_p
   double wall_s = 0.0;         // wall time of the run so far (train() maintains it)
 };
 

@@ -69,6 +69,13 @@ void check_transform_options(const MatrixTransformOptions& options);
 std::vector<at::Tensor> transform_matrix_updates(const std::vector<at::Tensor>& updates,
                                                  const MatrixTransformOptions& options);
 
+// Wall time (seconds) this thread has spent inside spectral_power calls made
+// by transform_matrix_updates, accumulated since the thread started. Callers
+// take differences around a step (the trainer reports the transform's share
+// of step time this way). On asynchronous devices (CUDA) this is host time
+// unless the caller synchronises around the step.
+double transform_seconds();
+
 // Throws c10::Error naming `names[i]` (and its shape) if grads[i] holds NaN or
 // Inf. Undefined gradients are skipped. One reduction per gradient and a single
 // device→host sync. Call it before any state change.
