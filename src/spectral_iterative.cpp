@@ -198,14 +198,6 @@ at::Tensor newton_root(const at::Tensor& X, int64_t k, int64_t q, double p, doub
          c.pow(-static_cast<double>(k) / static_cast<double>(q));
 }
 
-// Divide by max |entry| (kept ≤ 1 for the Gram matrix), apply f, undo with s^p.
-template <class F>
-at::Tensor rescaled(const at::Tensor& X, double p, F&& f) {
-  at::Tensor s = X.abs().amax({-2, -1}, /*keepdim=*/true);
-  s = at::where(s == 0, at::ones_like(s), s);
-  return f(X / s) * s.pow(p);
-}
-
 // ---------------------------------------------------------------------------
 // newton_schulz: X ← a X + b (XXᵀ)X + c (XXᵀ)²X, here on the tall side
 // (X ← aX + X(bA + cA²), A = XᵀX), after Frobenius normalisation.
@@ -316,11 +308,14 @@ at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o,
     const double p_half = info->p_effective;
     SpectralOptions o2 = o;
     o2.newton_lower(std::sqrt(o.newton_lower()));
-    const at::Tensor R = rescaled(H, 2 * p, [&](const at::Tensor& Hs) {
-      return newton_power(Hs, 2 * p, o2, info);
-    });
-    info->p_effective = p_half * info->p_effective;
-    return R;
+    // Rescale H to max |entry| = 1 (the kernel's precondition); undo with
+    // s^{p₂} using the exponent actually computed.
+    at::Tensor s = H.abs().amax({-2, -1}, /*keepdim=*/true);
+    s = at::where(s == 0, at::ones_like(s), s);
+    const at::Tensor R = newton_power(H / s, 2 * p, o2, info);
+    const at::Tensor out = R * s.pow(info->p_effective);
+    info->p_effective *= p_half;
+    return out;
   }
   const auto [k, q] = rational_approximation((1.0 - p) / 2.0);
   info->p_effective = 1.0 - 2.0 * static_cast<double>(k) / static_cast<double>(q);

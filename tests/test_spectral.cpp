@@ -389,6 +389,13 @@ TEST(SpectralNewton, StoppingRulesAndInfo) {
   EXPECT_LT(rel_err(Y, reference(O, info.p_effective)), 1e-7)
       << "p_effective " << info.p_effective << " iterations " << info.iterations << " residual "
       << info.residual;
+  // 0 < p < ½ goes through Ψ_{2p} ∘ Ψ_½; 2p irrational as well.
+  const double p2 = p / 2;
+  const at::Tensor Y2 = specopt::spectral_power(O.to(at::kDouble), p2,
+                                                SpectralOptions(opt).tol(1e-10), &info);
+  EXPECT_NE(info.p_effective, p2);
+  EXPECT_NEAR(info.p_effective, p2, 1.0 / 64);
+  EXPECT_LT(rel_err(Y2, reference(O, info.p_effective)), 1e-7) << info.p_effective;
 }
 
 TEST(SpectralNewton, BatchEqualsLoop) {
