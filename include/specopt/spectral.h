@@ -58,22 +58,25 @@ NsCoefficients parse_ns_coefficients(const std::string& name);
 
 struct SpectralOptions {
   TORCH_ARG(Method, method) = Method::kAuto;
-  // Accuracy setting: target relative error in each singular value
-  // (newton: stopping residual; auto: the accuracy the chosen method must meet).
+  // Accuracy setting: target relative error in each singular value of the
+  // result. newton: stops when its predicted error (scalar recursion over the
+  // assumed spectrum interval) is below tol; eigh (and auto on CPU): tol < 1e-3
+  // runs in float64 unless compute_dtype is set.
   TORCH_ARG(double, tol) = 1e-4;
   // newton: fixed iteration count when > 0 (tol is then ignored for stopping);
   // 0 = stop on tol (with an internal safety cap).
   TORCH_ARG(int64_t, iterations) = 0;
   // newton: the assumed lower bound of σ_min/σ_max used to choose the
-  // per-step polynomial coefficients. Smaller singular values still converge,
-  // only more slowly.
+  // per-step polynomial coefficients and the stopping point. Smaller singular
+  // values converge more slowly and may be unconverged at the stop (see
+  // SpectralInfo::residual and docs/transform.md).
   TORCH_ARG(double, newton_lower) = 1e-4;
   // newton_schulz: step count and coefficient set.
   TORCH_ARG(int64_t, ns_steps) = 5;
   TORCH_ARG(NsCoefficients, ns_coefficients) = NsCoefficients::kMuon;
   // Precision of the internal arithmetic. nullopt: the input's dtype, with
-  // bfloat16/half promoted to float32 (except newton_schulz/paper p = 0,
-  // which run in bfloat16 as Muon does).
+  // bfloat16/half promoted to float32, except newton_schulz and paper p = 0
+  // (bfloat16, as Muon) and eigh with tol < 1e-3 (float64).
   TORCH_ARG(c10::optional<c10::ScalarType>, compute_dtype) = c10::nullopt;
   // p < 0 regularisation (see above).
   TORCH_ARG(double, neg_eps) = 1e-3;
@@ -88,8 +91,11 @@ struct SpectralOptions {
 // What a call did (optional out-parameter).
 struct SpectralInfo {
   Method method = Method::kAuto;  // the method actually used (auto resolved)
-  int64_t iterations = 0;         // iterations of the iterative method
-  double residual = 0.0;          // newton: max over batch of ‖M - I‖_F/√n at the end
+  int64_t iterations = 0;         // iterations of the iterative method(s), summed over
+                                  // stages (newton 0<p<½: two runs; paper: 15 per
+                                  // coupled iteration)
+  double residual = 0.0;          // newton: max over batch of ‖M - I‖_F/√n before the
+                                  // final step (which needs no M update)
   double p_effective = 0.0;       // the p actually computed (newton approximates
                                   // irrational p by a rational k/q, q ≤ 64)
   double matmul_flops = 0.0;      // 2·m·n·k summed over every matrix product (whole batch)
