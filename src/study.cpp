@@ -364,14 +364,6 @@ std::string format_duration(double s) {
   return fmt::format("{}s", t);
 }
 
-// A run that never reached its first checkpoint restarts from scratch: clear what it left
-// (partial metrics would otherwise be appended to), keeping its log.
-void clear_unfinished_run_dir(const std::string& dir) {
-  if (!fs::exists(dir)) return;
-  for (const auto& entry : fs::directory_iterator(dir))
-    if (entry.path().filename() != "train.log") fs::remove_all(entry.path());
-}
-
 }  // namespace
 
 StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options) {
@@ -434,7 +426,7 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
   auto work = [&]() {
     for (size_t i = next++; i < todo.size(); i = next++) {
       const Todo& t = todo[i];
-      if (!t.resume) clear_unfinished_run_dir(t.run.dir);
+      // Without --resume the trainer replaces whatever an interrupted run left there.
       fs::create_directories(t.run.dir);
       LaunchRequest req;
       req.run = t.run;
