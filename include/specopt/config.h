@@ -1,0 +1,132 @@
+// The training configuration: TOML files → one typed struct, with
+// `--set table.key=value` overrides.
+//
+// Every key has a typed default (the member initialisers below), so a config
+// file only names what differs. Keys are written `table.key` in overrides,
+// matching the TOML layout
+//
+//   [train]
+//   steps = 200
+//
+// An unknown table or key, a value of the wrong type, or a value outside its
+// domain (an unknown variant, a negative step count, ...) is a c10::Error
+// whose message names the key. The resolved config (defaults + file +
+// overrides) is written to RUN_DIR/config.toml and reads back to an equal
+// TrainConfig (config_to_toml / config_from_toml_string round trip).
+//
+// The key table with defaults and meaning is in docs/training.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace specopt {
+
+struct RunConfig {
+  int64_t seed = 0;                   // model init, data order, dropout
+  std::string device = "cpu";         // "cpu", "cuda", "cuda:N" (error if CUDA is absent)
+  int64_t threads = 0;                // at::set_num_threads; 0 = leave LibTorch's default (all cores)
+  std::string run_dir = "runs/train";  // used when the CLI gets no --run-dir
+};
+
+struct ModelConfig {
+  std::string kind = "gpt";  // "gpt" | "mlp" | "cnn"
+  // gpt (vocab_size comes from the data)
+  int64_t n_layer = 4;
+  int64_t n_head = 4;
+  int64_t n_embd = 128;
+  int64_t block_size = 128;
+  bool qk_norm = false;
+  double dropout = 0.0;
+  // mlp: hidden layer widths
+  std::vector<int64_t> hidden = {256, 256};
+  // cnn: the two convolution widths and the fully connected hidden width
+  std::vector<int64_t> channels = {32, 64};
+  int64_t fc_hidden = 128;
+};
+
+struct DataConfig {
+  std::string kind = "kjv";  // "kjv" | "text" | "bin" | "fashion_mnist"
+  // text: a UTF-8/byte text file; bin: a directory with nanoGPT train.bin and
+  // val.bin (uint16 tokens); fashion_mnist: the IDX directory ("" = the system copy).
+  std::string path;
+  std::string cache_dir;                 // kjv: where the corpus text is cached ("" = default_cache_dir())
+  int64_t vocab_size = 0;                // gpt vocabulary; 0 = from the data (256 for bytes, max token + 1 for bin)
+  double val_fraction = 0.1;             // text: the tail fraction held out for validation
+  int64_t train_limit = 0;               // use only the first N training examples/tokens (0 = all)
+  int64_t val_limit = 0;                 // use only the first N validation examples/tokens (0 = all)
+};
+
+struct OptimConfig {
+  std::string variant = "Adam";  // any parse_variant() string
+  double lr_matrix = 1e-3;
+  double lr_vector = 3e-4;
+  double weight_decay_matrix = 0.0;
+  double weight_decay_vector = 0.0;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double momentum = 0.9;  // mSGD family
+  bool nesterov = false;
+  std::string method = "auto";  // Ψ_p method (parse_method)
+  std::string scale = "auto";   // "auto" | "none" | "shape" | "rms"
+  std::vector<std::string> split_rows = {"c_attn"};  // parameter-name substrings split in row blocks
+  int64_t split_rows_blocks = 3;
+  double spectral_tol = 1e-4;  // SpectralOptions::tol
+  int64_t ns_steps = 5;        // SpectralOptions::ns_steps
+  // p as a function of the step (matrix group): "" = the variant's constant p;
+  // "constant:P", "linear:A->B" or "cosine:A->B" (from A at step 0 to B at the last step).
+  std::string p_schedule;
+};
+
+struct TrainLoopConfig {
+  int64_t steps = 1000;        // optimizer steps
+  int64_t batch_size = 32;     // examples (sequences / images) per optimizer step, all micro-batches together
+  int64_t grad_accum = 1;      // micro-batches per step (batch_size must be divisible by it)
+  int64_t warmup_steps = 100;  // linear warm-up length
+  std::string lr_schedule = "cosine";  // after warm-up: "cosine" | "linear" | "constant"
+  double min_lr_ratio = 0.1;   // decay to lr·min_lr_ratio at the last step
+  double grad_clip = 1.0;      // global L2 norm bound; 0 = off
+  int64_t eval_every = 100;    // steps between validations (and always at the last step)
+  int64_t eval_batches = 20;   // validation batches of batch_size; 0 = whole validation set
+  int64_t log_every = 10;      // steps between metric lines (and log lines off a terminal)
+  int64_t checkpoint_every = 0;  // steps between checkpoints (and at the end); 0 = never
+};
+
+struct TrainConfig {
+  RunConfig run;
+  ModelConfig model;
+  DataConfig data;
+  OptimConfig optim;
+  TrainLoopConfig train;
+
+  // Throws c10::Error naming the key of the first value outside its domain.
+  void validate() const;
+};
+
+// Apply the TOML document `text` (source name `origin`, used in messages) on
+// top of `config`. Unknown keys and wrongly typed values throw.
+void apply_toml(TrainConfig& config, const std::string& text, const std::string& origin);
+
+// Apply one override "table.key=value". The value is read as a TOML value
+// ("3e-3", "true", "[64, 64]", "\"x\""); for string keys an unquoted word is
+// taken as is, for string lists "a,b" means ["a", "b"].
+void apply_override(TrainConfig& config, const std::string& assignment);
+
+// Defaults ← file (if `path` is not empty) ← overrides, then validate().
+TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Parse a complete TOML document on top of the defaults and validate it.
+TrainConfig config_from_toml_string(const std::string& text, const std::string& origin = "<string>");
+
+// The resolved config as a TOML document (every key, grouped by table).
+std::string config_to_toml(const TrainConfig& config);
+
+// All keys ("table.key") in declaration order.
+std::vector<std::string> config_keys();
+
+// Keys whose values differ between a and b (for resume checks).
+std::vector<std::string> config_differences(const TrainConfig& a, const TrainConfig& b);
+
+}  // namespace specopt

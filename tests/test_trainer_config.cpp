@@ -1,0 +1,216 @@
+// Config parsing/overrides/round trip and the step schedules (no training).
+#include "specopt/config.h"
+#include "specopt/trainer.h"
+
+#include <c10/util/Exception.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+namespace {
+
+using specopt::TrainConfig;
+
+// The message of the c10::Error thrown by f (fails the test if none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  ADD_FAILURE() << "expected a c10::Error";
+  return "";
+}
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const auto path = std::filesystem::temp_directory_path() / ("specopt_test_cfg_" + name);
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+// ---- lr schedule ----------------------------------------------------------------
+
+// nanoGPT-style warm-up + cosine, written out independently of lr_factor:
+// peak 1, W warm-up steps, decay over steps W .. N-1 to ratio r.
+double reference_cosine(int64_t step, int64_t W, int64_t N, double r) {
+  if (step < W) return (step + 1.0) / W;
+  const double t = double(step - W) / double(N - 1 - W);
+  return r + 0.5 * (1.0 - r) * (1.0 + std::cos(3.14159265358979323846 * t));
+}
+
+TEST(LrSchedule, WarmupThenCosineMatchesFormula) {
+  specopt::TrainLoopConfig t;
+  t.steps = 111;
+  t.warmup_steps = 10;
+  t.min_lr_ratio = 0.1;
+  t.lr_schedule = "cosine";
+  // Hand values: first warm-up step, end of warm-up, middle of the decay, last step.
+  EXPECT_DOUBLE_EQ(specopt::lr_factor(0, t), 0.1);
+  EXPECT_DOUBLE_EQ(specopt::lr_factor(9, t), 1.0);
+  EXPECT_DOUBLE_EQ(specopt::lr_factor(10, t), 1.0);
+  EXPECT_NEAR(specopt::lr_factor(60, t), 0.55, 1e-15);  // t = ½: r + (1-r)/2
+  EXPECT_NEAR(specopt::lr_factor(110, t), 0.1, 1e-15);
+  for (int64_t s : {0, 3, 9, 10, 11, 35, 60, 85, 109, 110})
+    EXPECT_NEAR(specopt::lr_factor(s, t), reference_cosine(s, 10, 111, 0.1), 1e-14) << "step " << s;
+  for (int64_t s = 11; s < 111; ++s)
+    EXPECT_LE(specopt::lr_factor(s, t), specopt::lr_factor(s - 1, t)) << "not decaying at step " << s;
+}
+
+TEST(LrSchedule, LinearConstantAndNoWarmup) {
+  specopt::TrainLoopConfig t;
+  t.steps = 101;
+  t.warmup_steps = 0;
+  t.min_lr_ratio = 0.0;
+  t.lr_schedule = "linear";
+  EXPECT_DOUBLE_EQ(specopt::lr_factor(0, t), 1.0);
+  EXPECT_NEAR(specopt::lr_factor(25, t), 0.75, 1e-15);
+  EXPECT_NEAR(specopt::lr_factor(100, t), 0.0, 1e-15);
+  t.lr_schedule = "constant";
+  t.warmup_steps = 4;
+  EXPECT_DOUBLE_EQ(specopt::lr_factor(1, t), 0.5);
+  EXPECT_DOUBLE_EQ(specopt::lr_factor(50, t), 1.0);
+  EXPECT_DOUBLE_EQ(specopt::lr_factor(100, t), 1.0);
+}
+
+TEST(PSchedule, ParsesAndInterpolates) {
+  using specopt::PSchedule;
+  EXPECT_FALSE(PSchedule::parse("").active());
+  const auto lin = PSchedule::parse("linear:1.0->0.0");
+  EXPECT_DOUBLE_EQ(lin.at(0, 11), 1.0);
+  EXPECT_NEAR(lin.at(5, 11), 0.5, 1e-15);
+  EXPECT_DOUBLE_EQ(lin.at(10, 11), 0.0);
+  const auto cos = PSchedule::parse("cosine:1->0.25");
+  EXPECT_DOUBLE_EQ(cos.at(0, 101), 1.0);
+  EXPECT_NEAR(cos.at(50, 101), 0.625, 1e-15);
+  EXPECT_NEAR(cos.at(25, 101), 0.25 + 0.75 * 0.5 * (1 + std::cos(M_PI / 4)), 1e-15);
+  EXPECT_DOUBLE_EQ(PSchedule::parse("constant:0.5").at(7, 10), 0.5);
+  EXPECT_NE(error_of([] { PSchedule::parse("linear:1->2"); }).find("outside [-0.5, 1]"), std::string::npos);
+  EXPECT_NE(error_of([] { PSchedule::parse("step:1->0"); }).find("unknown kind 'step'"), std::string::npos);
+  EXPECT_NE(error_of([] { PSchedule::parse("linear:1"); }).find("'linear:1'"), std::string::npos);
+}
+
+// ---- config ------------------------------------------------------------------------
+
+TEST(Config, DefaultsAreTheDocumentedOnes) {
+  const TrainConfig c = specopt::load_config("");
+  EXPECT_EQ(c.run.seed, 0);
+  EXPECT_EQ(c.run.device, "cpu");
+  EXPECT_EQ(c.model.kind, "gpt");
+  EXPECT_EQ(c.data.kind, "kjv");
+  EXPECT_EQ(c.optim.variant, "Adam");
+  EXPECT_EQ(c.optim.split_rows, std::vector<std::string>{"c_attn"});
+  EXPECT_EQ(c.train.grad_accum, 1);
+  EXPECT_EQ(c.train.grad_clip, 1.0);
+  EXPECT_EQ(c.train.min_lr_ratio, 0.1);
+  EXPECT_EQ(c.train.lr_schedule, "cosine");
+  EXPECT_TRUE(specopt::config_differences(c, TrainConfig{}).empty());
+}
+
+TEST(Config, FileThenTypedOverrides) {
+  const std::string path = write_temp("file.toml", R"(
+[model]
+kind = "mlp"
+hidden = [64, 32]
+[data]
+kind = "fashion_mnist"
+[optim]
+variant = "mSGDZ"
+lr_matrix = 1   # an integer is a fine double
+[train]
+steps = 50
+)");
+  const TrainConfig c = specopt::load_config(
+      path, {"train.steps=7", "optim.lr_vector=3e-3", "optim.nesterov=true", "model.hidden=[8]",
+             "run.device=cpu", "optim.split_rows=c_attn,c_fc", "optim.p_schedule=linear:1->0",
+             "data.path=\"/tmp/x y\""});
+  EXPECT_EQ(c.model.kind, "mlp");
+  EXPECT_EQ(c.optim.variant, "mSGDZ");
+  EXPECT_EQ(c.optim.lr_matrix, 1.0);
+  EXPECT_EQ(c.train.steps, 7);  // override wins over the file
+  EXPECT_EQ(c.optim.lr_vector, 3e-3);
+  EXPECT_TRUE(c.optim.nesterov);
+  EXPECT_EQ(c.model.hidden, std::vector<int64_t>{8});
+  EXPECT_EQ(c.optim.split_rows, (std::vector<std::string>{"c_attn", "c_fc"}));
+  EXPECT_EQ(c.optim.p_schedule, "linear:1->0");
+  EXPECT_EQ(c.data.path, "/tmp/x y");
+  EXPECT_EQ(c.train.batch_size, TrainConfig{}.train.batch_size);  // untouched default
+}
+
+TEST(Config, UnknownKeysAreErrorsNamingThem) {
+  TrainConfig c;
+  const std::string e1 = error_of([&] { specopt::apply_override(c, "train.stepz=3"); });
+  EXPECT_NE(e1.find("'train.stepz'"), std::string::npos) << e1;
+  EXPECT_NE(e1.find("train.steps"), std::string::npos) << "should list the valid keys: " << e1;
+  const std::string e2 = error_of([&] { specopt::apply_toml(c, "[optim]\nlearning_rate = 1\n", "x.toml"); });
+  EXPECT_NE(e2.find("'optim.learning_rate'"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("x.toml"), std::string::npos) << e2;
+  const std::string e3 = error_of([&] { specopt::apply_toml(c, "[optimizer]\nlr = 1\n", "x.toml"); });
+  EXPECT_NE(e3.find("[optimizer]"), std::string::npos) << e3;
+  const std::string e4 = error_of([&] { specopt::apply_toml(c, "steps = 3\n", "x.toml"); });
+  EXPECT_NE(e4.find("'steps'"), std::string::npos) << e4;
+  const std::string e5 = error_of([&] { specopt::apply_override(c, "train.steps"); });
+  EXPECT_NE(e5.find("table.key=value"), std::string::npos) << e5;
+}
+
+TEST(Config, BadValuesAreErrorsNamingTheKey) {
+  auto load_error = [](const std::string& o) { return error_of([&] { specopt::load_config("", {o}); }); };
+  for (const auto& [override_text, expect] : std::vector<std::pair<std::string, std::string>>{
+           {"train.steps=1.5", "'train.steps': expected an integer"},
+           {"train.steps=abc", "'train.steps'"},
+           {"optim.lr_matrix=fast", "'optim.lr_matrix'"},
+           {"optim.nesterov=1", "'optim.nesterov': expected true or false"},
+           {"model.hidden=[1.5]", "'model.hidden[0]'"},
+           {"train.steps=0", "'train.steps' must be > 0"},
+           {"optim.lr_matrix=-1", "'optim.lr_matrix' must be >= 0"},
+           {"optim.lr_matrix=nan", "'optim.lr_matrix'"},
+           {"optim.variant=Adamm", "'optim.variant'"},
+           {"optim.method=magic", "'optim.method'"},
+           {"optim.scale=huge", "'optim.scale'"},
+           {"optim.p_schedule=linear:0->3", "'optim.p_schedule'"},
+           {"model.kind=rnn", "'model.kind': unknown value 'rnn'"},
+           {"train.grad_accum=3", "'train.batch_size' (32) must be divisible by train.grad_accum (3)"},
+           {"run.device=tpu", "'run.device'"},
+           {"data.kind=fashion_mnist", "do not fit"},
+       }) {
+    const std::string e = load_error(override_text);
+    EXPECT_NE(e.find(expect), std::string::npos) << override_text << " → " << e;
+  }
+  const std::string path = write_temp("bad.toml", "[train]\nsteps = \"many\"\n");
+  const std::string e = error_of([&] { specopt::load_config(path); });
+  EXPECT_NE(e.find("'train.steps': expected an integer"), std::string::npos) << e;
+  const std::string syntax = write_temp("syntax.toml", "[train\nsteps = 1\n");
+  const std::string es = error_of([&] { specopt::load_config(syntax); });
+  EXPECT_NE(es.find("line 1"), std::string::npos) << es;
+  EXPECT_NE(error_of([] { specopt::load_config("/nonexistent/c.toml"); }).find("/nonexistent/c.toml"),
+            std::string::npos);
+}
+
+TEST(Config, ResolvedConfigRoundTrips) {
+  TrainConfig c;
+  for (const char* o : {"run.seed=42", "run.device=cuda:1", "run.threads=3", "model.kind=cnn",
+                        "model.channels=[4, 8]", "model.fc_hidden=17", "model.dropout=0.1",
+                        "data.kind=fashion_mnist", "data.train_limit=1000", "optim.variant=adam:p=0.3",
+                        "optim.lr_matrix=0.30000000000000004", "optim.eps=1e-12", "optim.split_rows=[]",
+                        "optim.p_schedule=cosine:1->0", "train.lr_schedule=linear", "train.grad_clip=0"})
+    specopt::apply_override(c, o);
+  const std::string text = specopt::config_to_toml(c);
+  const TrainConfig back = specopt::config_from_toml_string(text, "round trip");
+  EXPECT_TRUE(specopt::config_differences(c, back).empty()) << text;
+  EXPECT_EQ(back.optim.lr_matrix, 0.30000000000000004);  // bit-exact double
+  EXPECT_EQ(back.optim.eps, 1e-12);
+  EXPECT_EQ(back.model.channels, (std::vector<int64_t>{4, 8}));
+  EXPECT_TRUE(back.optim.split_rows.empty());
+  // Every key is in the document, so the file is the whole config.
+  for (const auto& key : specopt::config_keys())
+    EXPECT_NE(text.find(key.substr(key.find('.') + 1) + " = "), std::string::npos) << key;
+  // And differences are reported by key.
+  TrainConfig d = c;
+  d.train.steps += 1;
+  d.optim.beta2 = 0.99;
+  EXPECT_EQ(specopt::config_differences(c, d), (std::vector<std::string>{"optim.beta2", "train.steps"}));
+}
+
+}  // namespace
