@@ -3,6 +3,8 @@
 // are in report.cpp.
 #include "specopt/study.h"
 
+#include "specopt/config.h"
+
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -240,12 +242,18 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
     cfg.reference = ref.lexically_normal().string();
   }
 
-  // Base train config: everything but [study]; the trainer validates it.
+  // Base train config: everything but [study]. Validated now (unknown keys, bad values) so a
+  // typo fails before the first of many runs starts, with the trainer's own message.
   toml::table base = root;
   base.erase("study");
   std::ostringstream os;
   os << base << "\n";
   cfg.train_config_toml = os.str();
+  try {
+    config_from_toml_string(cfg.train_config_toml, path);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "study config '", path, "': ", e.what_without_backtrace());
+  }
   return cfg;
 }
 
@@ -309,7 +317,7 @@ std::vector<std::string> train_arguments(const StudyConfig& config, const StudyR
       // %.17g: the exact double, so the trainer sees the grid value bit for bit.
       "--set", fmt::format("optim.lr_matrix={:.17g}", run.lr),
       "--set", fmt::format("run.seed={}", run.seed),
-      "--set", fmt::format("run.threads={}", threads),
+      "--threads", std::to_string(threads),
       "--run-dir", run.dir, "--quiet"};
   if (resume) args.push_back("--resume");
   return args;
