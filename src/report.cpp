@@ -295,6 +295,8 @@ StudyAnalysis analyze_study(const std::vector<RunResult>& results,
       const double m = v.cells[k].mean;
       if (std::isfinite(m) && (v.best < 0 || m < v.cells[v.best].mean)) v.best = static_cast<int64_t>(k);
     }
+    v.best_at_edge = v.best >= 0 && v.cells.size() >= 2 &&
+                     (v.best == 0 || v.best + 1 == static_cast<int64_t>(v.cells.size()));
     a.reference_level = std::min(a.reference_level, best_mean(v));
     v.throughput = median(throughput[i]);
     v.spectral_share = median(share[i]);
@@ -478,6 +480,7 @@ nlohmann::json analysis_json(const StudyAnalysis& a) {
     nlohmann::json jv = {{"variant", v.variant}, {"family", family_name(v.family)}, {"p", v.p},
                          {"best_lr", num(best_lr(v))}, {"best_mean", num(best_mean(v))},
                          {"best_std", v.best >= 0 ? num(v.cells[v.best].std) : nullptr},
+                         {"best_at_edge", v.best_at_edge},
                          {"stable_points", v.stable_points},
                          {"stable_decades", v.stable_decades},
                          {"stable_lo", v.stable_points ? num(v.stable_lo) : nullptr},
@@ -512,7 +515,8 @@ void markdown_summary_table(std::ostream& md, const StudyAnalysis& a, bool with_
                                   ? fmt::format("{} – {}", lr_label(v.stable_lo), lr_label(v.stable_hi))
                                   : "none";
     md << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {:.2f} | {} |", v.variant,
-                      family_name(v.family), v.p, v.best >= 0 ? lr_label(best_lr(v)) : "–",
+                      family_name(v.family), v.p,
+                      v.best >= 0 ? lr_label(best_lr(v)) + (v.best_at_edge ? " (grid edge)" : "") : "–",
                       v.best >= 0 ? cell_text(v.cells[v.best]) : "–", range, v.stable_points,
                       v.stable_decades, v.diverged_runs);
     if (with_throughput)

@@ -43,7 +43,7 @@ namespace {
 const std::vector<std::string>& study_keys() {
   static const std::vector<std::string> keys = {
       "name", "variants", "lrs", "seeds", "workers", "threads",
-      "study_dir", "reference", "stable_tolerance"};
+      "study_dir", "reference", "stable_tolerance", "overrides"};
   return keys;
 }
 
@@ -55,7 +55,7 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
 
 // "a.b.c=value": the value is parsed as a TOML value (numbers, booleans, arrays, quoted
 // strings); anything that does not parse is taken as a bare string (variant=AdamS).
-void apply_override(toml::table& root, const std::string& assignment, const std::string& file) {
+void apply_study_override(toml::table& root, const std::string& assignment, const std::string& file) {
   const auto eq = assignment.find('=');
   TORCH_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment,
               "': expected key=value (e.g. study.workers=2 or train.steps=100)");
@@ -137,7 +137,7 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
     TORCH_CHECK(false, "study config '", path, "' line ", err.source().begin.line, ": ",
                 std::string(err.description()));
   }
-  for (const auto& o : overrides) apply_override(root, o, path);
+  for (const auto& o : overrides) apply_study_override(root, o, path);
 
   StudyConfig cfg;
   cfg.config_path = path;
@@ -242,6 +242,30 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
     cfg.reference = ref.lexically_normal().string();
   }
 
+  if (const auto* o = study->get("overrides")) {
+    const toml::table* t = o->as_table();
+    TORCH_CHECK(t != nullptr, "study.overrides in ", path,
+                " must be a table of per-variant arrays of \"key=value\" strings");
+    for (const auto& [k, v] : *t) {
+      const std::string full = "study.overrides." + std::string(k.str());
+      Variant var;
+      try {
+        var = parse_variant(std::string(k.str()));
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(false, full, " in ", path, ": ", e.what_without_backtrace());
+      }
+      TORCH_CHECK(std::find(cfg.variants.begin(), cfg.variants.end(), var.name) != cfg.variants.end(),
+                  full, " in ", path, ": variant '", var.name, "' is not in study.variants");
+      const toml::array* arr = v.as_array();
+      TORCH_CHECK(arr != nullptr, full, " in ", path, " must be an array of \"key=value\" strings");
+      for (const auto& item : *arr) {
+        const auto s = item.value<std::string>();
+        TORCH_CHECK(s.has_value(), full, " in ", path, ": every entry must be a \"key=value\" string");
+        cfg.overrides[var.name].push_back(*s);
+      }
+    }
+  }
+
   // Base train config: everything but [study]. Validated now (unknown keys, bad values) so a
   // typo fails before the first of many runs starts, with the trainer's own message.
   toml::table base = root;
@@ -250,7 +274,12 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
   os << base << "\n";
   cfg.train_config_toml = os.str();
   try {
-    config_from_toml_string(cfg.train_config_toml, path);
+    const TrainConfig base_config = config_from_toml_string(cfg.train_config_toml, path);
+    for (const auto& [variant, sets] : cfg.overrides) {
+      TrainConfig c = base_config;
+      for (const auto& s : sets) apply_override(c, s);
+      c.validate();
+    }
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "study config '", path, "': ", e.what_without_backtrace());
   }
@@ -319,6 +348,16 @@ std::vector<std::string> train_arguments(const StudyConfig& config, const StudyR
       "--set", fmt::format("run.seed={}", run.seed),
       "--threads", std::to_string(threads),
       "--run-dir", run.dir, "--quiet"};
+  const auto extra = config.overrides.find(run.variant);
+  if (extra != config.overrides.end()) {
+    // Before --run-dir: the grid point's own keys above stay as given.
+    std::vector<std::string> sets;
+    for (const auto& s : extra->second) {
+      sets.push_back("--set");
+      sets.push_back(s);
+    }
+    args.insert(args.begin() + 2, sets.begin(), sets.end());
+  }
   if (resume) args.push_back("--resume");
   return args;
 }

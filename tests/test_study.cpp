@@ -607,3 +607,71 @@ TEST(StudyReport, WritesTablesThatMatchTheAnalysis) {
     EXPECT_TRUE(fs::exists(dir / "curves.png")) << read_file(dir / "plot.log");
   }
 }
+
+// ------------------------------------------------------------- end to end ---
+
+// Every shipped preset loads and its base config passes the trainer's validation.
+TEST(StudyPresets, AllPresetsLoad) {
+  const fs::path dir = fs::path(SPECOPT_SOURCE_DIR) / "configs" / "study";
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() != ".toml") continue;
+    const auto cfg = specopt::load_study_config(entry.path().string());
+    EXPECT_EQ(cfg.variants.size(), 8u) << entry.path();
+    for (const auto& v : cfg.variants) EXPECT_GE(cfg.lrs.at(v).size(), 3u) << entry.path() << " " << v;
+    ++n;
+  }
+  EXPECT_GE(n, 3);
+}
+
+// A real tiny study through the CLI binary: 2 variants × 2 lrs × 1 seed, a few steps each.
+TEST(StudyEndToEnd, TinyStudyRunsResumesAndReports) {
+  const auto dir = scratch("e2e");
+  const fs::path cfg_path = dir / "tiny.toml";
+  write_file(cfg_path, "[study]\nname = \"tiny\"\nvariants = [\"Adam\", \"mSGDZ\"]\nseeds = [0]\n"
+                       "workers = 2\nthreads = 2\nstudy_dir = \"" + (dir / "out").string() + "\"\n"
+                       "[study.lrs]\nAdam = [1e-3, 1e-2]\nmSGDZ = [0.01, 0.1]\n\n"
+                       "[model]\nkind = \"mlp\"\nhidden = [16]\n\n"
+                       "[data]\nkind = \"fashion_mnist\"\ntrain_limit = 512\nval_limit = 256\n\n"
+                       "[train]\nsteps = 4\nbatch_size = 32\nwarmup_steps = 1\neval_every = 2\n"
+                       "eval_batches = 0\nlog_every = 1\ncheckpoint_every = 4\n");
+  const auto cfg = specopt::load_study_config(cfg_path.string());
+  specopt::StudyRunOptions options;
+  options.executable = SPECOPT_CLI_PATH;
+  const auto first = specopt::run_study(cfg, options);
+  ASSERT_TRUE(first.failed.empty()) << read_file(fs::path(cfg.study_dir) / "runs" / first.failed[0] / "train.log");
+  EXPECT_EQ(first.launched, 4);
+  for (const auto& run : specopt::plan_study(cfg)) {
+    const auto r = specopt::read_run_result(run);
+    EXPECT_EQ(r.status, RunStatus::kFinished) << run.name;
+    EXPECT_TRUE(std::isfinite(r.final_val_loss)) << run.name;
+    EXPECT_EQ(r.steps_done, 4);
+    // The trainer ran the grid point it was given.
+    const auto s = nlohmann::json::parse(read_file(fs::path(run.dir) / "summary.json"));
+    EXPECT_EQ(s["variant"], run.variant);
+    EXPECT_EQ(s["lr_matrix"].get<double>(), run.lr);
+  }
+
+  // An interrupted run (checkpoint, no summary) is resumed, the others skipped.
+  const auto victim = specopt::plan_study(cfg).at(2);
+  fs::remove(fs::path(victim.dir) / "summary.json");
+  const auto second = specopt::run_study(cfg, options);
+  EXPECT_EQ(second.skipped, 3);
+  EXPECT_EQ(second.resumed, 1);
+  EXPECT_EQ(second.launched, 0);
+  EXPECT_TRUE(second.failed.empty());
+  EXPECT_EQ(specopt::run_state(victim.dir), specopt::RunState::kFinished);
+
+  const auto results = specopt::collect_results(cfg);
+  const auto a = specopt::analyze_study(results, cfg.variants, cfg.stable_tolerance);
+  EXPECT_EQ(a.runs_finished + a.runs_diverged, 4);
+  specopt::ReportOptions ro;
+  ro.plots = false;
+  const auto report = read_file(specopt::write_study_report(cfg, a, results, ro));
+  EXPECT_NE(report.find("mSGDZ"), std::string::npos);
+  // curves.csv holds the 4 logged steps of the best-lr run of each variant.
+  std::ifstream curves(fs::path(cfg.study_dir) / "curves.csv");
+  int lines = 0;
+  for (std::string line; std::getline(curves, line);) ++lines;
+  EXPECT_GE(lines, 1 + 2 * 4);
+}

@@ -46,12 +46,15 @@ namespace specopt {
 //   study_dir = "runs/study/fmnist-quick"   # relative to the working directory
 //   reference = "../shared/reference/paper_gpt2_124m.json"  # relative to the config file
 //   stable_tolerance = 0.02            # see analyze_study()
+//   [study.overrides]                  # extra per-variant train overrides (--set key=value)
+//   AdamQ = ["optim.lr_vector=6e-4"]
 //
 // Every other table (run, model, data, optim, train) is the base train config (API.md).
 struct StudyConfig {
   std::string name;
   std::vector<std::string> variants;                   // canonical names (parse_variant)
   std::map<std::string, std::vector<double>> lrs;      // variant → lr_matrix grid, ascending
+  std::map<std::string, std::vector<std::string>> overrides;  // variant → extra "key=value"
   std::vector<int64_t> seeds = {0};
   int64_t workers = 1;
   int64_t threads = 0;
@@ -189,6 +192,8 @@ struct VariantResult {
   double p = 1.0;
   std::vector<LrCell> cells;          // ascending lr
   int64_t best = -1;                  // index into cells (-1: no finite cell)
+  bool best_at_edge = false;          // best lr is the smallest or largest of ≥ 2 grid points:
+                                      // the optimum may lie outside the grid
   int64_t stable_points = 0;
   double stable_lo = 0.0, stable_hi = 0.0;   // lr range of the stable run (valid if points > 0)
   double stable_decades = 0.0;        // log10(stable_hi / stable_lo)
