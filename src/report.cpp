@@ -610,7 +610,7 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
     reference_note = fmt::format("Reference file `{}` not found: section skipped.", config.reference);
   } else {
     ref = analyze_study(reference_results(config.reference), reference_variants(config.reference),
-                        config.stable_tolerance);
+                        config.reference_tolerance);
     have_ref = true;
     write_results_csv(ref, dir / "reference_results.csv");
   }

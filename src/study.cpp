@@ -43,7 +43,7 @@ namespace {
 const std::vector<std::string>& study_keys() {
   static const std::vector<std::string> keys = {
       "name", "variants", "lrs", "seeds", "workers", "threads",
-      "study_dir", "reference", "stable_tolerance", "overrides"};
+      "study_dir", "reference", "stable_tolerance", "reference_tolerance", "overrides"};
   return keys;
 }
 
@@ -227,11 +227,14 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
   }
   if (const auto* w = study->get("workers")) cfg.workers = read_int(*w, "study.workers", path, 1);
   if (const auto* t = study->get("threads")) cfg.threads = read_int(*t, "study.threads", path, 0);
-  if (const auto* t = study->get("stable_tolerance")) {
-    const auto v = t->value<double>();
-    TORCH_CHECK(v.has_value() && std::isfinite(*v) && *v >= 0, "study.stable_tolerance in ", path,
-                " must be a number >= 0");
-    cfg.stable_tolerance = *v;
+  for (auto [key, field] : {std::pair<const char*, double*>{"stable_tolerance", &cfg.stable_tolerance},
+                            {"reference_tolerance", &cfg.reference_tolerance}}) {
+    if (const auto* t = study->get(key)) {
+      const auto v = t->value<double>();
+      TORCH_CHECK(v.has_value() && std::isfinite(*v) && *v >= 0, "study.", key, " in ", path,
+                  " must be a number >= 0");
+      *field = *v;
+    }
   }
   cfg.study_dir = "runs/study/" + cfg.name;
   if (const auto* d = study->get("study_dir")) cfg.study_dir = read_string(*d, "study.study_dir", path);

@@ -125,6 +125,7 @@ seeds = [3, 1]
 workers = 2
 threads = 4
 stable_tolerance = 0.05
+reference_tolerance = 0.03
 reference = "ref/paper.json"
 [study.lrs]
 default = [3e-3, 1e-3]
@@ -139,6 +140,7 @@ mSGDZ = [0.1, 0.03])");
   EXPECT_EQ(cfg.workers, 3);
   EXPECT_EQ(cfg.threads, 4);
   EXPECT_DOUBLE_EQ(cfg.stable_tolerance, 0.05);
+  EXPECT_DOUBLE_EQ(cfg.reference_tolerance, 0.03);
   // Relative to the config file, not the working directory.
   EXPECT_EQ(cfg.reference, (dir / "ref" / "paper.json").lexically_normal().string());
   // The base config lost [study] and took the override.
