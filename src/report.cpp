@@ -6,10 +6,6 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -17,10 +13,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <numeric>
 #include <sstream>
 
-extern char** environ;
 
 namespace specopt {
 
@@ -569,23 +563,19 @@ std::string draw_plots(const std::string& study_dir, const ReportOptions& option
   if (script.empty()) return "scripts/plot_study.py not found (set SPECOPT_PLOT_SCRIPT)";
   std::string python = options.python;
   if (const char* env = std::getenv("SPECOPT_PYTHON")) python = env;
-  std::vector<std::string> argv_s = {python, script, study_dir};
-  std::vector<char*> argv;
-  for (auto& s : argv_s) argv.push_back(s.data());
-  argv.push_back(nullptr);
   const std::string log = (fs::path(study_dir) / "plot.log").string();
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, python.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return fmt::format("cannot start {}: {}", python, std::strerror(rc));
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return "waitpid failed for the plot script";
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+  fs::remove(log);
+  LaunchRequest req;
+  req.run.name = "plot_study.py";
+  req.args = {script, study_dir};
+  req.log_path = log;
+  int rc = 0;
+  try {
+    rc = subprocess_launcher(python)(req);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  if (rc != 0)
     return fmt::format("{} {} failed (see {})", python, script, log);
   return "";
 }

@@ -388,8 +388,27 @@ Launcher subprocess_launcher(std::string executable) {
                                        O_WRONLY | O_CREAT | O_APPEND, 0644);
       posix_spawn_file_actions_adddup2(&actions, 1, 2);
     }
+    // The child's thread pools (OpenMP, OpenBLAS) get the run's share of the threads too, so
+    // parallel workers do not oversubscribe the cores.
+    std::vector<std::string> env_s;
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string var(*e);
+      if (req.threads > 0 && (var.rfind("OMP_NUM_THREADS=", 0) == 0 ||
+                              var.rfind("OPENBLAS_NUM_THREADS=", 0) == 0))
+        continue;
+      env_s.push_back(var);
+    }
+    if (req.threads > 0) {
+      env_s.push_back("OMP_NUM_THREADS=" + std::to_string(req.threads));
+      env_s.push_back("OPENBLAS_NUM_THREADS=" + std::to_string(req.threads));
+    }
+    std::vector<char*> envp;
+    for (auto& e : env_s) envp.push_back(e.data());
+    envp.push_back(nullptr);
+
     pid_t pid = 0;
-    const int rc = posix_spawn(&pid, executable.c_str(), &actions, nullptr, argv.data(), environ);
+    // posix_spawnp: a bare interpreter name ("python3") is looked up in PATH.
+    const int rc = posix_spawnp(&pid, executable.c_str(), &actions, nullptr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     TORCH_CHECK(rc == 0, "cannot start '", executable, "' for run ", req.run.name, ": ",
                 std::strerror(rc));

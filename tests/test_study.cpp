@@ -311,6 +311,37 @@ TEST(StudyRunner, TrainArgumentsCarryTheGridPoint) {
   EXPECT_EQ(std::strtod(it->c_str() + 16, nullptr), 0.1);
 }
 
+TEST(StudyRunner, PerVariantOverridesGoOnlyToTheirVariant) {
+  const auto dir = scratch("overrides");
+  const auto cfg = specopt::load_study_config(
+      write_study_config(dir, "[study]\nvariants = [\"Adam\", \"AdamQ\"]\nlrs = [0.1]\n"
+                              "[study.overrides]\nadamq = [\"optim.lr_vector=6e-4\"]")
+          .string());
+  const auto runs = specopt::plan_study(cfg);
+  const auto adam = specopt::train_arguments(cfg, runs.at(0), false, 1);
+  const auto adamq = specopt::train_arguments(cfg, runs.at(1), false, 1);
+  EXPECT_EQ(std::find(adam.begin(), adam.end(), "optim.lr_vector=6e-4"), adam.end());
+  const auto extra = std::find(adamq.begin(), adamq.end(), "optim.lr_vector=6e-4");
+  ASSERT_NE(extra, adamq.end());
+  // Before the grid point's own keys, so those win over an override of the same key.
+  EXPECT_LT(extra, std::find(adamq.begin(), adamq.end(), "optim.variant=\"AdamQ\""));
+  // A misspelt train key in an override is caught when the config loads.
+  const std::string err = error_of([&] {
+    specopt::load_study_config(
+        write_study_config(dir, "[study]\nvariants = [\"Adam\"]\nlrs = [0.1]\n"
+                                "[study.overrides]\nAdam = [\"optim.lr_vectr=1\"]")
+            .string());
+  });
+  EXPECT_NE(err.find("lr_vectr"), std::string::npos) << err;
+  // And a misspelt base train key too.
+  const std::string err2 = error_of([&] {
+    specopt::load_study_config(
+        write_study_config(dir, "[study]\nvariants = [\"Adam\"]\nlrs = [0.1]", "bach_size = 3\n")
+            .string());
+  });
+  EXPECT_NE(err2.find("bach_size"), std::string::npos) << err2;
+}
+
 TEST(StudyRunner, SubprocessLauncherReportsExitStatusAndLogs) {
   const auto dir = scratch("spawn");
   auto launch = specopt::subprocess_launcher("/bin/sh");
@@ -322,6 +353,11 @@ TEST(StudyRunner, SubprocessLauncherReportsExitStatusAndLogs) {
   const std::string log = read_file(dir / "log.txt");
   EXPECT_NE(log.find("out"), std::string::npos);
   EXPECT_NE(log.find("err"), std::string::npos);
+  // The child's thread pools get the run's threads.
+  req.threads = 3;
+  req.args = {"-c", "echo omp=$OMP_NUM_THREADS blas=$OPENBLAS_NUM_THREADS"};
+  EXPECT_EQ(launch(req), 0);
+  EXPECT_NE(read_file(dir / "log.txt").find("omp=3 blas=3"), std::string::npos);
   req.args = {"-c", "kill -9 $$"};  // a crash is a status, not an exception
   EXPECT_EQ(launch(req), 128 + 9);
   EXPECT_ANY_THROW(specopt::subprocess_launcher("/nonexistent/specopt")(req));

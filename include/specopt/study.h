@@ -111,8 +111,10 @@ struct LaunchRequest {
 // Returns the exit status of the run (0 = success). Called concurrently from worker threads.
 using Launcher = std::function<int(const LaunchRequest&)>;
 
-// Launches `executable` as a child process (posix_spawn) with stdout/stderr appended to the
-// request's log file and waits for it. A crash of the child is reported as 128 + signal number.
+// Launches `executable` (a path, or a name looked up in PATH) as a child process with
+// stdout/stderr appended to the request's log file, OMP_NUM_THREADS and OPENBLAS_NUM_THREADS set
+// to the request's threads (when > 0), and waits for it. A crash of the child is reported as
+// 128 + signal number; a child that cannot be started → c10::Error.
 Launcher subprocess_launcher(std::string executable);
 
 // This very binary (readlink /proc/self/exe): studies run the runs through their own CLI.
