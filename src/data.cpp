@@ -4,12 +4,18 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <zlib.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -28,6 +34,56 @@ uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
 }
+
+// ---------------------------------------------------------------- mapped files
+
+namespace detail {
+
+// A whole file mapped read-only (PROT_READ, MAP_SHARED): its pages are the
+// page cache's, loaded on first touch and dropped by the kernel under memory
+// pressure, so a mapped dataset never holds a private copy of the file.
+struct MappedFile {
+  std::string path;
+  const uint8_t* data = nullptr;
+  size_t bytes = 0;
+
+  explicit MappedFile(std::string file_path) : path(std::move(file_path)) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    TORCH_CHECK(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      const int err = errno;
+      ::close(fd);
+      TORCH_CHECK(false, "cannot stat '", path, "': ", std::strerror(err));
+    }
+    bytes = static_cast<size_t>(st.st_size);
+    if (bytes == 0) {  // mmap of 0 bytes fails; report the real problem
+      ::close(fd);
+      TORCH_CHECK(false, "'", path, "' is empty");
+    }
+    void* addr = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+    const int err = errno;
+    ::close(fd);  // the mapping keeps the file referenced
+    TORCH_CHECK(addr != MAP_FAILED, "cannot memory-map '", path, "' (", bytes,
+                " bytes): ", std::strerror(err));
+    data = static_cast<const uint8_t*>(addr);
+  }
+  ~MappedFile() { ::munmap(const_cast<uint8_t*>(data), bytes); }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  // Access-pattern hint for the kernel's read-ahead; advisory, errors ignored.
+  void advise(int advice) const { ::madvise(const_cast<uint8_t*>(data), bytes, advice); }
+
+  int64_t num_tokens() const { return static_cast<int64_t>(bytes / 2); }
+  // Token i, uint16 little-endian whatever the host (compilers emit one load).
+  int64_t token(int64_t i) const {
+    const uint8_t* p = data + 2 * i;
+    return static_cast<int64_t>(p[0]) | (static_cast<int64_t>(p[1]) << 8);
+  }
+};
+
+}  // namespace detail
 
 namespace {
 
@@ -84,6 +140,9 @@ std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
   return bytes;
 }
 
+// Tokens handled at a time when a whole stream is scanned or written.
+constexpr int64_t kTokenChunk = int64_t{1} << 20;
+
 at::Tensor bytes_to_int32(const uint8_t* data, int64_t n) {
   auto bytes = at::from_blob(const_cast<uint8_t*>(data), {n}, at::kByte);
   return bytes.to(at::kInt);  // copies
@@ -105,6 +164,7 @@ TokenDataset TokenDataset::from_text(const std::string& text, const std::string&
   TokenDataset d;
   d.tokens_ = bytes_to_int32(reinterpret_cast<const uint8_t*>(text.data()),
                              static_cast<int64_t>(text.size()));
+  d.size_ = d.tokens_.numel();
   d.vocab_size_ = 256;
   d.name_ = name;
   return d;
@@ -114,6 +174,7 @@ TokenDataset TokenDataset::from_text_file(const std::string& path) {
   const auto bytes = read_plain(path);
   TokenDataset d;
   d.tokens_ = bytes_to_int32(bytes.data(), static_cast<int64_t>(bytes.size()));
+  d.size_ = d.tokens_.numel();
   d.vocab_size_ = 256;
   d.name_ = path;
   return d;
@@ -121,26 +182,29 @@ TokenDataset TokenDataset::from_text_file(const std::string& path) {
 
 TokenDataset TokenDataset::from_bin(const std::string& path, int64_t vocab_size) {
   TORCH_CHECK(vocab_size >= 0, "from_bin('", path, "'): vocab_size must be >= 0, got ", vocab_size);
-  const auto bytes = read_plain(path);
-  TORCH_CHECK(bytes.size() % 2 == 0, "'", path, "': odd byte count ", bytes.size(),
+  check_exists(path);
+  auto file = std::make_shared<const detail::MappedFile>(path);
+  TORCH_CHECK(file->bytes % 2 == 0, "'", path, "': odd byte count ", file->bytes,
               " (a .bin file holds uint16 tokens, 2 bytes each)");
-  const int64_t n = static_cast<int64_t>(bytes.size() / 2);
-  auto tokens = at::empty({n}, at::kInt);
-  int32_t* out = tokens.data_ptr<int32_t>();
-  int32_t max_token = 0;
-  for (int64_t i = 0; i < n; ++i) {  // little-endian regardless of the host
-    out[i] = static_cast<int32_t>(bytes[2 * i]) | (static_cast<int32_t>(bytes[2 * i + 1]) << 8);
-    max_token = std::max(max_token, out[i]);
-  }
-  if (vocab_size > 0 && max_token >= vocab_size) {
-    int64_t first = 0;
-    while (out[first] < vocab_size) ++first;
-    TORCH_CHECK(false, "'", path, "': token ", out[first], " at position ", first,
-                " is >= vocab_size ", vocab_size);
+  const int64_t n = file->num_tokens();
+  if (vocab_size == 0) {
+    // The vocabulary is the data's: one pass over the whole file (parallel
+    // chunks; sequential read-ahead while it lasts).
+    file->advise(MADV_SEQUENTIAL);
+    const int64_t max_token = at::parallel_reduce(
+        0, n, int64_t{1} << 20, int64_t{0},
+        [&](int64_t begin, int64_t end, int64_t m) {
+          for (int64_t i = begin; i < end; ++i) m = std::max(m, file->token(i));
+          return m;
+        },
+        [](int64_t x, int64_t y) { return std::max(x, y); });
+    file->advise(MADV_NORMAL);
+    vocab_size = max_token + 1;
   }
   TokenDataset d;
-  d.tokens_ = tokens;
-  d.vocab_size_ = vocab_size > 0 ? vocab_size : max_token + 1;
+  d.file_ = std::move(file);
+  d.size_ = n;
+  d.vocab_size_ = vocab_size;
   d.name_ = path;
   return d;
 }
@@ -163,18 +227,65 @@ TokenDataset TokenDataset::from_tokens(const at::Tensor& tokens, int64_t vocab_s
               " is >= vocab_size ", vocab_size);
   TokenDataset d;
   d.tokens_ = t.to(at::kInt);
+  d.size_ = d.tokens_.numel();
   d.vocab_size_ = vocab_size > 0 ? vocab_size : hi + 1;
   d.name_ = name;
   return d;
 }
 
+template <typename T>
+void TokenDataset::read(int64_t begin, int64_t count, T* out) const {
+  if (!file_) {
+    const int32_t* in = tokens_.data_ptr<int32_t>() + begin;  // validated when built
+    std::copy(in, in + count, out);
+    return;
+  }
+  const detail::MappedFile& f = *file_;
+  const int64_t first = file_begin_ + begin;
+  int64_t max_token = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t v = f.token(first + i);
+    out[i] = static_cast<T>(v);
+    max_token = std::max(max_token, v);
+  }
+  if (max_token < vocab_size_) return;
+  const int64_t bad = std::find_if(out, out + count, [&](T v) { return v >= vocab_size_; }) - out;
+  TORCH_CHECK(false, "'", f.path, "': token ", out[bad], " at position ", first + bad,
+              " (byte offset ", 2 * (first + bad), ") is >= vocab_size ", vocab_size_);
+}
+
+at::Tensor TokenDataset::tokens(int64_t begin, int64_t end) const {
+  TORCH_CHECK(0 <= begin && begin <= end && end <= size(), "token range [", begin, ", ", end,
+              ") of '", name_, "' is outside [0, ", size(), "]");
+  if (!file_) return tokens_.defined() ? tokens_.slice(0, begin, end) : at::empty({0}, at::kInt);
+  auto out = at::empty({end - begin}, at::kInt);
+  read(begin, end - begin, out.data_ptr<int32_t>());
+  return out;
+}
+
 TokenDataset TokenDataset::slice(int64_t begin, int64_t end) const {
   TORCH_CHECK(0 <= begin && begin < end && end <= size(), "slice [", begin, ", ", end,
               ") of '", name_, "' is empty or outside [0, ", size(), ")");
-  TokenDataset d;
-  d.tokens_ = tokens_.slice(0, begin, end);
-  d.vocab_size_ = vocab_size_;
+  TokenDataset d = *this;
+  if (file_) {
+    d.file_begin_ = file_begin_ + begin;
+  } else {
+    d.tokens_ = tokens_.slice(0, begin, end);
+  }
+  d.size_ = end - begin;
   d.name_ = fmt::format("{}[{}:{}]", name_, begin, end);
+  return d;
+}
+
+TokenDataset TokenDataset::with_vocab_size(int64_t vocab_size) const {
+  TORCH_CHECK(vocab_size > 0, "with_vocab_size: vocab_size must be > 0, got ", vocab_size);
+  if (!file_ && vocab_size < vocab_size_ && size() > 0) {
+    const int64_t hi = tokens_.max().item<int64_t>();
+    TORCH_CHECK(hi < vocab_size, "tokens '", name_, "': token ", hi, " is >= vocab_size ",
+                vocab_size);
+  }
+  TokenDataset d = *this;
+  d.vocab_size_ = vocab_size;
   return d;
 }
 
@@ -191,15 +302,17 @@ std::pair<at::Tensor, at::Tensor> TokenDataset::batch_at(const at::Tensor& offse
                                                          int64_t block_size) const {
   check_batch_shape(*this, 1, block_size);
   TORCH_CHECK(offsets.dim() == 1 && offsets.numel() > 0, "offsets must be a non-empty 1-D tensor");
-  auto o = offsets.to(at::kCPU, at::kLong);
+  auto o = offsets.to(at::kCPU, at::kLong).contiguous();
   const int64_t lo = o.min().item<int64_t>(), hi = o.max().item<int64_t>();
   TORCH_CHECK(lo >= 0 && hi < size() - block_size, "offsets must be in [0, ", size() - block_size,
               ") for '", name_, "' and block_size ", block_size, ", got range [", lo, ", ", hi, "]");
-  // Rows of T + 1 consecutive tokens; x = the first T, y = the last T.
-  auto index = o.unsqueeze(1) + at::arange(block_size + 1, at::kLong).unsqueeze(0);
-  auto rows = tokens_.index_select(0, index.reshape({-1}))
-                  .view({o.size(0), block_size + 1})
-                  .to(at::kLong);
+  // Rows of T + 1 consecutive tokens, read straight into int64; x = the
+  // first T, y = the last T.
+  const int64_t rows_n = o.size(0), row_len = block_size + 1;
+  auto rows = at::empty({rows_n, row_len}, at::kLong);
+  const int64_t* starts = o.data_ptr<int64_t>();
+  int64_t* out = rows.data_ptr<int64_t>();
+  for (int64_t b = 0; b < rows_n; ++b) read(starts[b], row_len, out + b * row_len);
   return {rows.slice(1, 0, block_size).contiguous(), rows.slice(1, 1).contiguous()};
 }
 
@@ -220,21 +333,43 @@ std::pair<at::Tensor, at::Tensor> TokenDataset::sequential_batch(int64_t index, 
   return batch_at(blocks * block_size, block_size);
 }
 
+TokenDataset load_tokens(const std::string& path, int64_t vocab_size) {
+  if (fs::path(path).extension() == ".bin") return TokenDataset::from_bin(path, vocab_size);
+  auto text = TokenDataset::from_text_file(path);
+  return vocab_size > 0 ? TokenDataset::from_tokens(text.tokens(), vocab_size, path) : text;
+}
+
+std::pair<TokenDataset, TokenDataset> bin_train_val(const std::string& dir, int64_t vocab_size) {
+  const std::string train_path = (fs::path(dir) / "train.bin").string();
+  const std::string val_path = (fs::path(dir) / "val.bin").string();
+  auto train = TokenDataset::from_bin(train_path, vocab_size);
+  auto val = TokenDataset::from_bin(val_path, vocab_size);
+  if (vocab_size > 0) return {train, val};
+  const int64_t v = std::max(train.vocab_size(), val.vocab_size());
+  return {train.with_vocab_size(v), val.with_vocab_size(v)};
+}
+
 void write_bin(const TokenDataset& data, const std::string& path) {
   TORCH_CHECK(data.size() > 0, "write_bin('", path, "'): dataset is empty");
   TORCH_CHECK(data.vocab_size() <= 65536, "write_bin('", path, "'): vocab_size ",
               data.vocab_size(), " does not fit in uint16");
   const int64_t n = data.size();
-  const auto tokens = data.tokens().contiguous();
-  const int32_t* in = tokens.data_ptr<int32_t>();
-  std::vector<uint8_t> bytes(2 * n);
-  for (int64_t i = 0; i < n; ++i) {
-    bytes[2 * i] = static_cast<uint8_t>(in[i] & 0xff);
-    bytes[2 * i + 1] = static_cast<uint8_t>((in[i] >> 8) & 0xff);
-  }
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   TORCH_CHECK(out, "cannot write '", path, "': ", std::strerror(errno));
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  // In chunks, so that a mapped stream is never materialised whole.
+  std::vector<uint8_t> bytes;
+  for (int64_t begin = 0; begin < n && out; begin += kTokenChunk) {
+    const int64_t end = std::min(n, begin + kTokenChunk);
+    const auto tokens = data.tokens(begin, end).contiguous();
+    const int32_t* in = tokens.data_ptr<int32_t>();
+    bytes.resize(2 * static_cast<size_t>(end - begin));
+    for (int64_t i = 0; i < end - begin; ++i) {  // little-endian regardless of the host
+      bytes[2 * i] = static_cast<uint8_t>(in[i] & 0xff);
+      bytes[2 * i + 1] = static_cast<uint8_t>((in[i] >> 8) & 0xff);
+    }
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
+  }
   out.close();
   TORCH_CHECK(out, "error writing '", path, "'");
 }
@@ -245,14 +380,18 @@ std::pair<TokenDataset, TokenDataset> split_train_val(const TokenDataset& data, 
               val_fraction);
   const int64_t n = data.size();
   int64_t cut = static_cast<int64_t>(std::floor((1.0 - val_fraction) * static_cast<double>(n)));
-  if (align_token >= 0 && cut > 0) {
-    const auto tokens = data.tokens().contiguous();
-    const int32_t* t = tokens.data_ptr<int32_t>();
-    // Move the cut to just after the next align_token (unless it already is).
-    if (t[cut - 1] != align_token) {
-      int64_t j = cut;
-      while (j < n && t[j] != align_token) ++j;
-      if (j < n) cut = j + 1;
+  if (align_token >= 0 && cut > 0 && cut < n &&
+      data.tokens(cut - 1, cut).item<int64_t>() != align_token) {
+    // Move the cut to just after the next align_token (chunk by chunk: a
+    // mapped stream is never materialised whole); none → the cut stays.
+    for (int64_t begin = cut; begin < n; begin += kTokenChunk) {
+      const auto chunk = data.tokens(begin, std::min(n, begin + kTokenChunk)).contiguous();
+      const int32_t* t = chunk.data_ptr<int32_t>();
+      const int32_t* hit = std::find(t, t + chunk.numel(), align_token);
+      if (hit != t + chunk.numel()) {
+        cut = begin + (hit - t) + 1;
+        break;
+      }
     }
   }
   TORCH_CHECK(cut > 0 && cut < n, "split of '", data.name(), "' (", n,
@@ -281,7 +420,10 @@ std::string kjv_text_file(const std::string& cache_dir) {
   TORCH_CHECK(!ec, "cannot create cache directory '", cache_dir, "': ", ec.message());
 
   const char* command = "bible -f \"Gen1:1-Rev22:21\"";
-  FILE* pipe = popen(command, "r");
+  // Exit status 127 (without the shell's own "not found" noise) when `bible` is absent.
+  const std::string script =
+      fmt::format("command -v bible >/dev/null 2>&1 || exit 127; exec {}", command);
+  FILE* pipe = popen(script.c_str(), "r");
   TORCH_CHECK(pipe != nullptr, "cannot run `", command, "`: ", std::strerror(errno));
   std::string text;
   char buffer[1 << 16];

@@ -158,6 +158,16 @@ at::Tensor GPTImpl::forward(const at::Tensor& idx) {
   const int64_t T = idx.size(1);
   TORCH_CHECK(T >= 1 && T <= config_.block_size, "GPT.forward: sequence length ", T,
               " must be in [1, block_size = ", config_.block_size, "]");
+  // An out-of-range id would only trip a device-side assert on CUDA (or read
+  // past the table); one min/max reduction (a single host sync) names it.
+  if (idx.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(idx);
+    const auto range = at::stack({lo, hi}).cpu();
+    const int64_t min_id = range[0].item<int64_t>(), max_id = range[1].item<int64_t>();
+    TORCH_CHECK(min_id >= 0 && max_id < config_.vocab_size, "GPT.forward: token id ",
+                min_id < 0 ? min_id : max_id, " is outside [0, vocab_size = ", config_.vocab_size,
+                ")");
+  }
   auto pos = at::arange(T, idx.options());
   auto x = wte->forward(idx) + wpe->forward(pos);  // (B, T, d) + (T, d)
   x = maybe_dropout(x, config_.dropout, is_training());

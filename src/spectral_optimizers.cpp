@@ -461,24 +461,24 @@ at::Tensor SpectralSGD::step(LossClosure closure) {
   for (auto& group : param_groups_) {
     const auto& o = static_cast<const SpectralSGDOptions&>(group.options());
     std::vector<at::Tensor> params, grads, buffers;
-    std::vector<SpectralSGDParamState*> states;
+    std::vector<SpectralSGDParamState*> states;  // nullptr: first step of that parameter
     for (auto& w : group.params()) {
       if (!w.grad().defined()) continue;
       auto* found = static_cast<SpectralSGDParamState*>(find_state(w));
-      if (!found) {
-        auto state = std::make_unique<SpectralSGDParamState>();  // buffer created by the step (b₁ = g)
-        found = state.get();
-        set_state(w, std::move(state));
-      }
       params.push_back(w);
       grads.push_back(w.grad());
-      buffers.push_back(found->momentum_buffer());
+      buffers.push_back(found ? found->momentum_buffer() : at::Tensor());  // undefined: b₁ = g
       states.push_back(found);
     }
     if (params.empty()) continue;
     spectral_sgd_step(params, grads, buffers, o.lr(), o.momentum(), o.nesterov(), o.weight_decay(),
                       o.transform(), o.decay_vectors());
-    for (size_t i = 0; i < states.size(); ++i) states[i]->momentum_buffer(buffers[i]);
+    for (size_t i = 0; i < states.size(); ++i) {
+      if (states[i]) continue;  // its buffer was updated in place
+      auto state = std::make_unique<SpectralSGDParamState>();
+      state->momentum_buffer(buffers[i]);
+      set_state(params[i], std::move(state));
+    }
   }
   return loss;
 }

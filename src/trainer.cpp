@@ -237,23 +237,14 @@ ImageDataset take_prefix(const ImageDataset& d, int64_t limit) {
   return limit > 0 && limit < d.size() ? d.slice(0, limit) : d;
 }
 
-std::pair<TokenDataset, TokenDataset> load_tokens(const DataConfig& data) {
+std::pair<TokenDataset, TokenDataset> load_token_splits(const DataConfig& data) {
   std::pair<TokenDataset, TokenDataset> tv;
   if (data.kind == "kjv") {
     tv = kjv_train_val(data.cache_dir.empty() ? default_cache_dir() : data.cache_dir);
   } else if (data.kind == "text") {
     tv = split_train_val(TokenDataset::from_text_file(data.path), data.val_fraction, '\n');
   } else {
-    const fs::path dir(data.path);
-    TokenDataset train = TokenDataset::from_bin((dir / "train.bin").string(), data.vocab_size);
-    TokenDataset val = TokenDataset::from_bin((dir / "val.bin").string(), data.vocab_size);
-    if (data.vocab_size == 0 && train.vocab_size() != val.vocab_size()) {
-      // One vocabulary for both splits: the larger of the two.
-      const int64_t v = std::max(train.vocab_size(), val.vocab_size());
-      train = TokenDataset::from_tokens(train.tokens(), v, train.name());
-      val = TokenDataset::from_tokens(val.tokens(), v, val.name());
-    }
-    tv = {train, val};
+    tv = bin_train_val(data.path, data.vocab_size);
   }
   return {take_prefix(tv.first, data.train_limit), take_prefix(tv.second, data.val_limit)};
 }
@@ -346,7 +337,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
     m.items_per_example = 1;
     m.unit = "samples";
   } else {
-    auto tv = load_tokens(c.data);
+    auto tv = load_token_splits(c.data);
     vocab_size = std::max(tv.first.vocab_size(), tv.second.vocab_size());
     if (c.data.vocab_size > 0) {
       TORCH_CHECK(c.data.vocab_size >= vocab_size, "config key 'data.vocab_size' = ", c.data.vocab_size,
@@ -419,6 +410,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
 
   m.totals.best_val_loss = kInf;
   m.totals.last_val_loss = kInf;
+  m.totals.last_train_loss = kInf;
 }
 
 Trainer::~Trainer() = default;
@@ -555,10 +547,10 @@ void Trainer::save_checkpoint(const std::string& path) const {
   archive.write("config", c10::IValue(config_to_toml(m.config)));
   archive.write("step", c10::IValue(m.step));
 
-  torch::serialize::OutputArchive model_archive;
+  torch::serialize::OutputArchive model_archive(archive.compilation_unit());
   m.module->save(model_archive);
   archive.write("model", model_archive);
-  torch::serialize::OutputArchive optimizer_archive;
+  torch::serialize::OutputArchive optimizer_archive(archive.compilation_unit());
   m.optimizer->save(optimizer_archive);
   archive.write("optimizer", optimizer_archive);
 
@@ -583,6 +575,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
 
   archive.write("totals_best_val_loss", c10::IValue(m.totals.best_val_loss));
   archive.write("totals_last_val_loss", c10::IValue(m.totals.last_val_loss));
+  archive.write("totals_last_train_loss", c10::IValue(m.totals.last_train_loss));
   archive.write("totals_items", c10::IValue(m.totals.items));
   archive.write("totals_train_s", c10::IValue(m.totals.train_s));
   archive.write("totals_optimizer_s", c10::IValue(m.totals.optimizer_s));
@@ -640,6 +633,7 @@ void Trainer::load_checkpoint(const std::string& path) {
   }
   m.totals.best_val_loss = read("totals_best_val_loss").toDouble();
   m.totals.last_val_loss = read("totals_last_val_loss").toDouble();
+  m.totals.last_train_loss = read("totals_last_train_loss").toDouble();
   m.totals.items = read("totals_items").toInt();
   m.totals.train_s = read("totals_train_s").toDouble();
   m.totals.optimizer_s = read("totals_optimizer_s").toDouble();
@@ -681,8 +675,12 @@ class Progress {
     first_step_ = first_step;
   }
 
-  void update(const StepStats& s, double rate) {
+  void update(const StepStats& s) {
     if (mode_ == ProgressMode::kQuiet) return;
+    // Throughput shown: an exponential moving average of the per-step rate.
+    const double step_rate = static_cast<double>(s.items) / std::max(s.step_s, 1e-12);
+    rate_ = rate_ > 0 ? 0.9 * rate_ + 0.1 * step_rate : step_rate;
+    const double rate = rate_;
     const double per_step = seconds_since(start_) / static_cast<double>(s.step - first_step_);
     const double eta = per_step * static_cast<double>(total_ - s.step);
     const std::string unit_short = unit_ == "tokens" ? "tok" : "samples";
@@ -724,6 +722,7 @@ class Progress {
   std::string unit_;
   Clock::time_point start_ = Clock::now(), last_draw_{};
   int64_t first_step_ = 0;
+  double rate_ = 0.0;
   bool drawn_ = false;
 };
 
@@ -772,6 +771,19 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   const std::string config_path = (dir / "config.toml").string();
   const ProgressMode mode = main_process ? options.progress : ProgressMode::kQuiet;
 
+  // A resumed run must be the same run: the config it was started with (its
+  // config.toml) may differ only in keys that do not change the computation.
+  if (options.resume && fs::exists(config_path)) {
+    std::ifstream in(config_path);
+    std::stringstream text;
+    text << in.rdbuf();
+    const TrainConfig before = config_from_toml_string(text.str(), config_path);
+    std::string diff;
+    for (const auto& key : config_differences(before, config))
+      if (!resumable_difference(key)) diff += (diff.empty() ? "" : ", ") + key;
+    TORCH_CHECK(diff.empty(), "cannot resume '", run_dir, "' with another config; these keys differ from ",
+                config_path, ": ", diff);
+  }
   if (options.resume && fs::exists(summary_path)) {
     std::ifstream in(summary_path);
     const auto summary = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
@@ -812,7 +824,6 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   const std::string rate_key = trainer.item_unit() + "_per_s";
 
   bool diverged = false;
-  double last_train_loss = kInf;
   progress.start(trainer.steps_done());
   while (trainer.steps_done() < c.train.steps) {
     const StepStats s = trainer.step();
@@ -823,7 +834,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
                           {"p", s.p},
                           {"grad_norm", json_number(s.grad_norm)},
                           {rate_key, s.items / std::max(s.step_s, 1e-12)}};
-    last_train_loss = s.loss;
+    totals.last_train_loss = s.loss;
     bool log_row = s.step % c.train.log_every == 0 || s.step == c.train.steps;
     if (s.diverged) {
       diverged = true;
@@ -849,7 +860,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
                                               : "validation loss"));
       break;
     }
-    progress.update(s, s.items / std::max(s.step_s, 1e-12));
+    progress.update(s);
     if (main_process && c.train.checkpoint_every > 0 &&
         (s.step % c.train.checkpoint_every == 0 || s.step == c.train.steps))
       trainer.save_checkpoint(checkpoint_path);
@@ -860,7 +871,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   r.diverged = diverged;
   r.status = diverged ? "diverged" : "finished";
   r.steps_done = trainer.steps_done();
-  r.final_train_loss = last_train_loss;
+  r.final_train_loss = totals.last_train_loss;
   r.final_val_loss = diverged ? kInf : totals.last_val_loss;
   r.best_val_loss = totals.best_val_loss;
   r.throughput_unit = trainer.item_unit();

@@ -220,11 +220,14 @@ TEST(Tokens, BinRoundTripWithLargeTokens) {
   // write_bin produces exactly those bytes.
   specopt::write_bin(d, dir.file("copy.bin"));
   EXPECT_EQ(read_file(dir.file("copy.bin")), le);
-  // Explicit vocabulary: accepted when larger than every token, else an error
-  // naming the file, the token and its position.
+  // Explicit vocabulary: no scan at open; reading a token >= vocab_size is an
+  // error naming the file, the token and its position.
   EXPECT_EQ(TokenDataset::from_bin(dir.file("train.bin"), 70000).vocab_size(), 70000);
-  expect_error([&] { TokenDataset::from_bin(dir.file("train.bin"), 50304); },
-               {dir.file("train.bin"), "token 65535 at position 6", "vocab_size 50304"});
+  auto small_vocab = TokenDataset::from_bin(dir.file("train.bin"), 50304);
+  EXPECT_EQ(small_vocab.vocab_size(), 50304);
+  expect_error([&] { small_vocab.tokens(); },
+               {dir.file("train.bin"), "token 65535 at position 6", "byte offset 12",
+                "vocab_size 50304"});
 
   Bytes odd = le;
   odd.push_back(1);
@@ -233,6 +236,176 @@ TEST(Tokens, BinRoundTripWithLargeTokens) {
                {dir.file("odd.bin"), "odd byte count 17"});
   write_file(dir.file("empty.bin"), {});
   expect_error([&] { TokenDataset::from_bin(dir.file("empty.bin")); }, {dir.file("empty.bin"), "empty"});
+
+  // A nanoGPT data directory: both splits share the larger vocabulary.
+  write_file(dir.file("val.bin"), {44, 1, 3, 0});  // tokens 300, 3
+  auto [train, val] = specopt::bin_train_val(dir.str());
+  EXPECT_EQ(train.vocab_size(), 65536);
+  EXPECT_EQ(val.vocab_size(), 65536);
+  EXPECT_TRUE(at::equal(val.tokens().to(at::kLong), at::tensor({300, 3}, at::kLong)));
+  EXPECT_EQ(specopt::load_tokens(dir.file("val.bin")).vocab_size(), 301);
+}
+
+// Little-endian uint16 bytes of `values`, written by hand (independent of write_bin).
+Bytes le16(const std::vector<int64_t>& values) {
+  Bytes le;
+  for (int64_t v : values) {
+    le.push_back(static_cast<uint8_t>(v & 0xff));
+    le.push_back(static_cast<uint8_t>(v >> 8));
+  }
+  return le;
+}
+
+// Reference batch read from a plain vector: x[b][t] = ref[o_b + t], y = ref[o_b + t + 1].
+std::pair<at::Tensor, at::Tensor> reference_batch(const std::vector<int64_t>& ref,
+                                                  const at::Tensor& offsets, int64_t T) {
+  const int64_t B = offsets.size(0);
+  std::vector<int64_t> x, y;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t o = offsets[b].item<int64_t>();
+    for (int64_t t = 0; t < T; ++t) {
+      x.push_back(ref.at(o + t));
+      y.push_back(ref.at(o + t + 1));
+    }
+  }
+  return {at::tensor(x, at::kLong).view({B, T}), at::tensor(y, at::kLong).view({B, T})};
+}
+
+// Random GPT-2-sized token ids, fixed seed.
+std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto t = at::randint(vocab, {n}, gen, at::kLong);
+  return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+}
+
+TEST(Tokens, MappedBinGivesTheSameBatchesAsAReferenceRead) {
+  TempDir dir;
+  const int64_t N = 20000, V = 50257, B = 6, T = 64;
+  const auto ref = random_tokens(N, V, 5);
+  const std::string path = dir.file("train.bin");
+  write_file(path, le16(ref));
+
+  for (int64_t vocab : {int64_t{0}, int64_t{50304}}) {  // scanned, and given
+    auto d = TokenDataset::from_bin(path, vocab);
+    EXPECT_TRUE(d.is_mapped());
+    ASSERT_EQ(d.size(), N);
+    EXPECT_EQ(d.vocab_size(), vocab > 0 ? vocab : *std::max_element(ref.begin(), ref.end()) + 1);
+    EXPECT_TRUE(at::equal(d.tokens().to(at::kLong), at::tensor(ref, at::kLong)));
+    EXPECT_TRUE(at::equal(d.tokens(123, 456).to(at::kLong),
+                          at::tensor(std::vector<int64_t>(ref.begin() + 123, ref.begin() + 456))));
+
+    // Random batches: the offsets nanoGPT would draw from the same generator state.
+    auto gen = at::detail::createCPUGenerator(17), twin = at::detail::createCPUGenerator(17);
+    for (int step = 0; step < 3; ++step) {
+      auto [x, y] = d.batch(B, T, gen);
+      auto offsets = at::randint(N - T, {B}, twin, at::kLong);
+      auto [rx, ry] = reference_batch(ref, offsets, T);
+      EXPECT_EQ(x.scalar_type(), at::kLong);
+      EXPECT_TRUE(at::equal(x, rx)) << "vocab " << vocab << " step " << step;
+      EXPECT_TRUE(at::equal(y, ry)) << "vocab " << vocab << " step " << step;
+    }
+    // The extreme offsets, and the last sequential batch.
+    auto edge = at::tensor({int64_t{0}, N - T - 1}, at::kLong);
+    EXPECT_TRUE(at::equal(d.batch_at(edge, T).second, reference_batch(ref, edge, T).second));
+    const int64_t last = d.num_sequential_batches(B, T) - 1;
+    ASSERT_EQ(last + 1, ((N - 1) / T) / B);
+    auto blocks = at::arange(last * B, (last + 1) * B, at::kLong) * T;
+    EXPECT_TRUE(at::equal(d.sequential_batch(last, B, T).first, reference_batch(ref, blocks, T).first));
+  }
+
+  // The mapping lives with the dataset: a slice outlives its parent, and the
+  // data stay readable after the file's name is removed (no re-open).
+  TokenDataset tail;
+  {
+    auto d = TokenDataset::from_bin(path, 50304);
+    tail = d.slice(N / 2, N);
+  }
+  fs::remove(path);
+  auto offsets = at::tensor({int64_t{0}, int64_t{100}, N / 2 - T - 1}, at::kLong);
+  std::vector<int64_t> tail_ref(ref.begin() + N / 2, ref.end());
+  EXPECT_TRUE(at::equal(tail.batch_at(offsets, T).first, reference_batch(tail_ref, offsets, T).first));
+}
+
+TEST(Tokens, SlicesOfAMappedBin) {
+  TempDir dir;
+  const int64_t N = 5000, T = 16;
+  auto ref = random_tokens(N, 300, 9);
+  for (int64_t i = 0; i < N; i += 37) ref[i] = 10;  // line ends for the aligned split
+  const std::string path = dir.file("data.bin");
+  write_file(path, le16(ref));
+  auto d = TokenDataset::from_bin(path, 300);
+
+  // A slice of a slice: positions shift by both starts, vocab and mapping are kept.
+  auto s = d.slice(1000, 4000).slice(250, 2500);  // tokens [1250, 3500)
+  EXPECT_TRUE(s.is_mapped());
+  EXPECT_EQ(s.size(), 2250);
+  EXPECT_EQ(s.vocab_size(), 300);
+  EXPECT_NE(s.name().find(path), std::string::npos);
+  const std::vector<int64_t> s_ref(ref.begin() + 1250, ref.begin() + 3500);
+  auto offsets = at::tensor({int64_t{0}, int64_t{1}, int64_t{777}, int64_t{2250 - T - 1}}, at::kLong);
+  auto [x, y] = s.batch_at(offsets, T);
+  auto [rx, ry] = reference_batch(s_ref, offsets, T);
+  EXPECT_TRUE(at::equal(x, rx));
+  EXPECT_TRUE(at::equal(y, ry));
+  EXPECT_THROW(s.batch_at(at::tensor({2250 - T}, at::kLong), T), c10::Error);  // past the slice
+  EXPECT_THROW(s.slice(0, 2251), c10::Error);
+
+  // write_bin of a slice writes exactly the bytes of that range of the file.
+  specopt::write_bin(s, dir.file("slice.bin"));
+  EXPECT_EQ(read_file(dir.file("slice.bin")), le16(s_ref));
+
+  // split_train_val on a mapped stream: the cut moves to just after the next token 10.
+  auto [train, val] = specopt::split_train_val(d, 0.1, 10);
+  int64_t cut = static_cast<int64_t>(std::floor(0.9 * N));
+  if (ref[cut - 1] != 10) {
+    while (ref[cut] != 10) ++cut;
+    ++cut;
+  }
+  EXPECT_EQ(train.size(), cut);
+  EXPECT_EQ(val.size(), N - cut);
+  EXPECT_TRUE(val.is_mapped());
+  EXPECT_EQ(val.tokens(0, 1).item<int64_t>(), ref[cut]);
+}
+
+TEST(Tokens, MappedTokenAboveVocabFailsWhenReadNamingTheFileAndOffset) {
+  TempDir dir;
+  const int64_t N = 3000, T = 32, bad = 2000;
+  auto ref = random_tokens(N, 1000, 21);
+  ref[bad] = 1000;  // the one token >= vocab 1000
+  const std::string path = dir.file("bad.bin");
+  write_file(path, le16(ref));
+
+  // vocab_size 0 scans the file: the vocabulary covers the token.
+  EXPECT_EQ(TokenDataset::from_bin(path).vocab_size(), 1001);
+  {  // also when the maximum lies in a later chunk of the parallel scan (2^20 tokens each)
+    std::vector<int64_t> big(3 * (int64_t{1} << 20) + 5, 7);
+    big[2500000] = 40000;
+    write_file(dir.file("big.bin"), le16(big));
+    EXPECT_EQ(TokenDataset::from_bin(dir.file("big.bin")).vocab_size(), 40001);
+  }
+
+  auto d = TokenDataset::from_bin(path, 1000);  // no scan: opening succeeds
+  // Batches that do not touch position 2000 are fine and exact.
+  auto clean = at::tensor({int64_t{0}, bad - T - 1, bad + 1}, at::kLong);
+  EXPECT_TRUE(at::equal(d.batch_at(clean, T).first, reference_batch(ref, clean, T).first));
+  // One that does names the file, the token, its position and byte offset —
+  // also through a slice (positions are the file's) and a sequential batch.
+  const std::vector<std::string> parts = {path, "token 1000 at position 2000",
+                                          "byte offset 4000", "vocab_size 1000"};
+  expect_error([&] { d.batch_at(at::tensor({int64_t{0}, bad - 5}, at::kLong), T); }, parts);
+  expect_error([&] { d.slice(1500, 2500).batch_at(at::tensor({bad - 1500}, at::kLong), T); }, parts);
+  expect_error([&] { d.sequential_batch(bad / T / 4, 4, T); }, parts);  // its blocks cover 2000
+  expect_error([&] { d.tokens(); }, parts);
+  expect_error([&] { TokenDataset::from_tokens(d.tokens(1990, 2010), 1000); }, parts);
+  // A sampler hits it sooner or later; a larger vocabulary makes every read valid.
+  specopt::TokenBatchSampler sampler(d, 8, T, 1);
+  expect_error([&] { for (int i = 0; i < 1000; ++i) sampler.next(); }, parts);
+  auto wide = d.with_vocab_size(1001);
+  EXPECT_TRUE(at::equal(wide.tokens().to(at::kLong), at::tensor(ref, at::kLong)));
+  // In memory, a too-small vocabulary is rejected at once.
+  auto in_memory = TokenDataset::from_tokens(at::tensor(ref, at::kLong), 0, "in-memory");
+  EXPECT_EQ(in_memory.vocab_size(), 1001);
+  expect_error([&] { in_memory.with_vocab_size(1000); }, {"in-memory", "token 1000", "vocab_size 1000"});
 }
 
 TEST(Tokens, TextFileIsBytes) {
@@ -246,6 +419,10 @@ TEST(Tokens, TextFileIsBytes) {
     EXPECT_EQ(d.tokens()[i].item<int64_t>(), static_cast<unsigned char>(text[i])) << i;
   }
   EXPECT_EQ(d.tokens()[static_cast<int64_t>(text.size()) - 1].item<int64_t>(), 255);
+  EXPECT_EQ(specopt::load_tokens(dir.file("t.txt")).vocab_size(), 256);
+  EXPECT_EQ(specopt::load_tokens(dir.file("t.txt"), 300).vocab_size(), 300);
+  expect_error([&] { specopt::load_tokens(dir.file("t.txt"), 128); },
+               {dir.file("t.txt"), "token 255", "vocab_size 128"});
   write_file(dir.file("empty.txt"), {});
   expect_error([&] { TokenDataset::from_text_file(dir.file("empty.txt")); },
                {dir.file("empty.txt"), "empty"});

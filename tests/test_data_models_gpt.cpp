@@ -322,6 +322,20 @@ TEST(GPT, BadConfigAndInputsRaiseClearErrors) {
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("block_size"), std::string::npos) << e.what();
   }
+  // Token ids outside [0, vocab_size) are named (on CUDA they would only trip a device assert).
+  for (int64_t bad : {int64_t{37}, int64_t{1000}, int64_t{-1}}) {
+    auto idx = at::zeros({2, 5}, at::kLong);
+    idx[1][3] = bad;
+    try {
+      model->forward(idx);
+      FAIL() << "expected an error for token id " << bad;
+    } catch (const c10::Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("token id " + std::to_string(bad)), std::string::npos) << msg;
+      EXPECT_NE(msg.find("vocab_size = 37"), std::string::npos) << msg;
+    }
+  }
+  EXPECT_NO_THROW(model->forward(at::full({2, 5}, 36, at::kLong)));  // the largest valid id
   EXPECT_THROW(model->forward(at::zeros({4}, at::kLong)), c10::Error);
   EXPECT_THROW(model->forward(at::zeros({1, 4}, at::kFloat)), c10::Error);
 }

@@ -12,20 +12,32 @@
 //
 // Every reader raises c10::Error whose message names the file and the problem
 // (missing, empty, bad magic, wrong dimensions, truncated/trailing bytes,
-// corrupt gzip, odd byte count, token ≥ vocab).
+// corrupt gzip, odd byte count, token ≥ vocab — for a mapped .bin with a given
+// vocab_size, raised by the batch that reads the token).
 #pragma once
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 
 namespace specopt {
 
+namespace detail {
+struct MappedFile;  // a read-only POSIX mapping of a whole file (src/data.cpp)
+}  // namespace detail
+
 // A 1-D stream of token ids (bytes of a text, or nanoGPT uint16 tokens).
-// Tokens are held as int32 on the CPU; batches are int64.
+// Two storages behind one interface:
+//  * in memory: int32 on the CPU (text, from_tokens);
+//  * memory-mapped: a nanoGPT .bin file (from_bin), read-only and shared with
+//    the page cache, never copied; the mapping lives as long as any dataset
+//    (copy or slice) that uses it. OpenWebText's ~9 GB train.bin costs no
+//    resident memory beyond the pages that batches touch.
+// Batches are int64 and gather only the B×(T+1) tokens they need.
 class TokenDataset {
  public:
   TokenDataset() = default;
@@ -34,20 +46,35 @@ class TokenDataset {
   static TokenDataset from_text_file(const std::string& path);
   // Every byte of `text` is a token (vocab_size 256); `name` appears in errors.
   static TokenDataset from_text(const std::string& text, const std::string& name = "<text>");
-  // nanoGPT train.bin / val.bin: raw little-endian uint16 tokens, no header.
-  // vocab_size 0 → max token + 1; otherwise every token must be < vocab_size.
+  // nanoGPT train.bin / val.bin: raw little-endian uint16 tokens, no header,
+  // memory-mapped. vocab_size 0 → max token + 1 (one full scan of the file at
+  // open); vocab_size > 0 → no scan at open: every token read later (batches,
+  // tokens()) is checked against it and a token ≥ vocab_size raises an error
+  // naming the file and the token's position. The file must not be truncated
+  // while mapped (the kernel would raise SIGBUS).
   static TokenDataset from_bin(const std::string& path, int64_t vocab_size = 0);
-  // Any 1-D integer tensor with values in [0, vocab_size) (0 → max + 1).
+  // Any 1-D integer tensor with values in [0, vocab_size) (0 → max + 1); in memory.
   static TokenDataset from_tokens(const at::Tensor& tokens, int64_t vocab_size = 0,
                                   const std::string& name = "<tokens>");
 
-  int64_t size() const { return tokens_.defined() ? tokens_.numel() : 0; }
+  int64_t size() const { return size_; }
   int64_t vocab_size() const { return vocab_size_; }
-  const at::Tensor& tokens() const { return tokens_; }  // (N) int32
-  const std::string& name() const { return name_; }     // file or given name
+  const std::string& name() const { return name_; }  // file or given name
+  bool is_mapped() const { return file_ != nullptr; }
 
-  // Tokens [begin, end) as a dataset with the same vocab_size (shares storage).
+  // Tokens [begin, end) as (end - begin) int32: a view of an in-memory stream,
+  // a checked copy for a mapped file (4 bytes a token: meant for small ranges;
+  // use batches to read a large mapped file).
+  at::Tensor tokens(int64_t begin, int64_t end) const;
+  at::Tensor tokens() const { return tokens(0, size()); }  // (N) int32
+
+  // Tokens [begin, end) as a dataset with the same vocab_size (shares storage
+  // or the mapping).
   TokenDataset slice(int64_t begin, int64_t end) const;
+  // The same stream with another vocab_size (e.g. one vocabulary for a train
+  // and a validation file). In memory, a smaller one is checked at once; for a
+  // mapped file, at every read, as with from_bin(path, vocab_size).
+  TokenDataset with_vocab_size(int64_t vocab_size) const;
 
   // Training batch: B offsets drawn uniformly from [0, size - T) with `gen`
   // (as nanoGPT: torch.randint(len(data) - block_size, (B,))); x[b] = tokens
@@ -65,10 +92,26 @@ class TokenDataset {
                                                      int64_t block_size) const;
 
  private:
-  at::Tensor tokens_;
+  // Tokens [begin, begin + count) of this stream into `out`, widened to T
+  // (int32 or int64); tokens of a mapped file are checked against vocab_size.
+  template <typename T>
+  void read(int64_t begin, int64_t count, T* out) const;
+
+  at::Tensor tokens_;                               // in memory: (size) int32
+  std::shared_ptr<const detail::MappedFile> file_;  // mapped: the whole .bin file
+  int64_t file_begin_ = 0;                          // mapped: first token within file_
+  int64_t size_ = 0;
   int64_t vocab_size_ = 0;
   std::string name_;
 };
+
+// A token file by its extension: "*.bin" → TokenDataset::from_bin(path,
+// vocab_size); anything else is text → from_text_file (vocab 256), or, when
+// vocab_size > 0, its bytes with that vocab_size (every byte must be below it).
+TokenDataset load_tokens(const std::string& path, int64_t vocab_size = 0);
+// nanoGPT's prepared data directory: <dir>/train.bin and <dir>/val.bin; with
+// vocab_size 0 both get max(token) + 1 over the two files.
+std::pair<TokenDataset, TokenDataset> bin_train_val(const std::string& dir, int64_t vocab_size = 0);
 
 // Writes the nanoGPT .bin format (uint16 little-endian). Requires vocab ≤ 65536.
 void write_bin(const TokenDataset& data, const std::string& path);

@@ -90,7 +90,7 @@ struct StepStats {
   double loss = 0.0;        // mean training loss over the step's batch (all micro-batches, all ranks)
   double grad_norm = 0.0;   // global L2 gradient norm before clipping
   double lr_matrix = 0.0, lr_vector = 0.0, p = 1.0;
-  int64_t items = 0;        // tokens (gpt) or samples (images) processed by this process
+  int64_t items = 0;        // tokens (gpt) or samples (images) of the global batch (all ranks)
   double step_s = 0.0;      // wall time of the whole step
   double optimizer_s = 0.0;  // wall time of the optimizer step alone
   bool diverged = false;    // non-finite loss or gradient; parameters were not updated
@@ -107,7 +107,8 @@ double clip_gradients(const std::vector<at::Tensor>& params, double max_norm);
 struct RunTotals {
   double best_val_loss = 0.0;  // +inf until the first validation
   double last_val_loss = 0.0;  // +inf until the first validation
-  int64_t items = 0;           // tokens or samples of all steps (this process)
+  double last_train_loss = 0.0;  // loss of the latest step; +inf before the first
+  int64_t items = 0;           // tokens or samples of all steps (global batches)
   double train_s = 0.0;        // wall time inside step() (no validation, no I/O)
   double optimizer_s = 0.0;    // wall time inside the optimizer step
   double wall_s = 0.0;         // wall time of the run so far (train() maintains it)
