@@ -7,7 +7,7 @@ Reads STUDY_DIR/results.csv (final val loss per variant and lr), curves.csv (los
 variant's best lr) and, when present, reference_results.csv (the paper's numbers, same format), and
 writes:
   lr_sweep.png            final val loss vs lr, Adam family | mSGD family panels, log-x
-  curves.png              validation (or training) loss curves at each variant's best lr
+  curves.png              training (line) and validation (dots) loss at each variant's best lr
   lr_sweep_reference.png  the same lr panels for the paper's published numbers
 Diverged cells (inf) are drawn as crosses on the top edge of their panel.
 """
@@ -102,19 +102,23 @@ def curves(path, out_path):
         c = plt.get_cmap("tab10")(k % 10)
         for j, (seed, pts) in enumerate(sorted(seeds.items())):
             pts.sort()
+            # Training loss as a thin line, validation loss as dots on top of it.
+            train = [(s, t) for s, t, _ in pts if math.isfinite(t)]
             val = [(s, v) for s, _, v in pts if math.isfinite(v)]
-            use = val if len(val) >= 2 else [(s, t) for s, t, _ in pts if math.isfinite(t)]
-            if not use:
-                continue
-            ax.plot([s for s, _ in use], [v for _, v in use], color=c, alpha=0.85,
-                    label=f"{variant} lr={lr}" if j == 0 else None)
+            if train:
+                ax.plot([s for s, _ in train], [t for _, t in train], color=c, alpha=0.45, lw=0.9,
+                        label=f"{variant} lr={lr}" if j == 0 else None)
+            if val:
+                ax.plot([s for s, _ in val], [v for _, v in val], color=c, marker="o", ms=4,
+                        lw=1.6, label=None if train or j else f"{variant} lr={lr}")
     for ax, family in zip(axes, FAMILIES):
         ax.set_title(f"{family} family at each variant's best lr (all seeds)")
+        ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    axes[0].set_ylabel("validation loss (training loss if no evals)")
+    axes[0].set_ylabel("loss (line: training, dots: validation)")
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
