@@ -381,7 +381,11 @@ TEST(Trainer, RunDirectoryContents) {
             std::min(rows[1]["val_loss"].get<double>(), rows[3]["val_loss"].get<double>()));
   EXPECT_EQ(s["variant"], "AdamS");
   EXPECT_GT(s["samples_per_s"].get<double>(), 0);
-  EXPECT_GT(s["spectral_share"].get<double>(), 0);
+  // The transform's time is part of the optimizer step's, and the share is it over step time.
+  EXPECT_GT(s["transform_s"].get<double>(), 0);
+  EXPECT_LE(s["transform_s"].get<double>(), s["optimizer_s"].get<double>());
+  EXPECT_DOUBLE_EQ(s["spectral_share"].get<double>(),
+                   s["transform_s"].get<double>() / s["train_s"].get<double>());
   EXPECT_LT(s["spectral_share"].get<double>(), 1);
   EXPECT_FALSE(fs::exists(dir + "/checkpoint.pt"));  // checkpoint_every = 0
   // --resume of a complete run returns its summary without training.
