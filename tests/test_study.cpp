@@ -1,6 +1,8 @@
 // The study runner and report: config validation, planning and resumability (with an injected
 // launcher that counts launches), aggregation and claim verdicts on synthetic run directories
 // checked against independent computations, the report files, and the subprocess launcher.
+#include "test_support.h"
+
 #include "specopt/study.h"
 
 #include <c10/util/Exception.h>
@@ -103,14 +105,7 @@ fs::path write_study_config(const fs::path& dir, const std::string& study_table,
   return p;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "(no error)";
-}
+using specopt::testing::error_of;
 
 }  // namespace
 

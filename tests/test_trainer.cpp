@@ -1,6 +1,8 @@
 // Trainer behaviour: gradient clipping and accumulation, resume bit for bit
 // (in process, and after SIGKILL of a real `specopt train`), divergence,
 // checkpoint errors, and that training lowers the loss.
+#include "test_support.h"
+
 #include "specopt/checkpoint.h"
 #include "specopt/config.h"
 #include "specopt/data.h"
@@ -32,16 +34,7 @@ namespace {
 
 using specopt::TrainConfig;
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  ADD_FAILURE() << "expected a c10::Error";
-  return "";
-}
+using specopt::testing::error_of;
 
 // A fresh directory per test, removed when the test program ends.
 struct TestDirs {

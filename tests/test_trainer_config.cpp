@@ -1,4 +1,6 @@
 // Config parsing/overrides/round trip and the step schedules (no training).
+#include "test_support.h"
+
 #include "specopt/config.h"
 #include "specopt/trainer.h"
 
@@ -13,17 +15,7 @@ namespace {
 
 using specopt::TrainConfig;
 
-// The message of the c10::Error thrown by f (fails the test if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  ADD_FAILURE() << "expected a c10::Error";
-  return "";
-}
+using specopt::testing::error_of;
 
 std::string write_temp(const std::string& name, const std::string& text) {
   const auto path = std::filesystem::temp_directory_path() / ("specopt_test_cfg_" + name);
