@@ -70,6 +70,7 @@ void visit_fields(Config& c, Visitor&& v) {
   v("train.warmup_steps", c.train.warmup_steps);
   v("train.lr_schedule", c.train.lr_schedule);
   v("train.min_lr_ratio", c.train.min_lr_ratio);
+  v("train.min_lr", c.train.min_lr);
   v("train.grad_clip", c.train.grad_clip);
   v("train.eval_every", c.train.eval_every);
   v("train.eval_batches", c.train.eval_batches);
@@ -384,6 +385,10 @@ void TrainConfig::validate() const {
   one_of("train.lr_schedule", train.lr_schedule, {"cosine", "linear", "constant"});
   TORCH_CHECK(train.min_lr_ratio >= 0 && train.min_lr_ratio <= 1,
               "config key 'train.min_lr_ratio' must lie in [0, 1], got ", train.min_lr_ratio);
+  non_negative("train.min_lr", train.min_lr);
+  TORCH_CHECK(train.min_lr <= std::min(optim.lr_matrix, optim.lr_vector),
+              "config key 'train.min_lr' (", train.min_lr, ") must not exceed optim.lr_matrix (",
+              optim.lr_matrix, ") or optim.lr_vector (", optim.lr_vector, ")");
   non_negative("train.grad_clip", train.grad_clip);
   positive("train.eval_every", train.eval_every);
   non_negative("train.eval_batches", train.eval_batches);

@@ -61,6 +61,15 @@ double lr_factor(int64_t step, const TrainLoopConfig& train) {
   return r + (1.0 - r) * 0.5 * (1.0 + std::cos(M_PI * t));
 }
 
+double scheduled_lr(int64_t step, double peak, const TrainLoopConfig& train) {
+  if (train.min_lr <= 0) return peak * lr_factor(step, train);
+  TrainLoopConfig shape = train;
+  shape.min_lr_ratio = 0.0;  // f ∈ [0, 1]: 1 at the peak, 0 at the last step
+  const double f = lr_factor(step, shape);
+  if (step < train.warmup_steps) return peak * f;
+  return train.min_lr + (peak - train.min_lr) * f;
+}
+
 PSchedule PSchedule::parse(const std::string& text) {
   PSchedule s;
   if (text.empty()) return s;
@@ -430,9 +439,8 @@ StepStats Trainer::step() {
   StepStats s;
   s.step = m.step + 1;
 
-  const double f = lr_factor(m.step, c.train);
-  s.lr_matrix = c.optim.lr_matrix * f;
-  s.lr_vector = c.optim.lr_vector * f;
+  s.lr_matrix = scheduled_lr(m.step, c.optim.lr_matrix, c.train);
+  s.lr_vector = scheduled_lr(m.step, c.optim.lr_vector, c.train);
   m.optimizer->set_lr(s.lr_matrix, s.lr_vector);
   if (m.p_schedule.active()) m.optimizer->set_p(m.p_schedule.at(m.step, c.train.steps));
   s.p = m.optimizer->p();

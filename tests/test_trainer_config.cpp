@@ -51,6 +51,26 @@ TEST(LrSchedule, WarmupThenCosineMatchesFormula) {
     EXPECT_LE(specopt::lr_factor(s, t), specopt::lr_factor(s - 1, t)) << "not decaying at step " << s;
 }
 
+TEST(LrSchedule, AbsoluteMinLrFloorMatchesFormula) {
+  // The study's schedule: warm-up to the peak, cosine to an absolute floor (3e-6).
+  specopt::TrainLoopConfig t;
+  t.steps = 111;
+  t.warmup_steps = 10;
+  t.min_lr_ratio = 0.5;  // ignored once min_lr is set
+  t.min_lr = 3e-6;
+  const double peak = 6e-3;
+  for (int64_t s : {0, 5, 9})
+    EXPECT_DOUBLE_EQ(specopt::scheduled_lr(s, peak, t), peak * (s + 1.0) / 10) << "step " << s;
+  for (int64_t s : {10, 35, 60, 85, 110})
+    EXPECT_NEAR(specopt::scheduled_lr(s, peak, t),
+                3e-6 + (peak - 3e-6) * reference_cosine(s, 10, 111, 0.0), 1e-17) << "step " << s;
+  EXPECT_NEAR(specopt::scheduled_lr(110, peak, t), 3e-6, 1e-18);
+  // Without a floor it is peak · lr_factor.
+  t.min_lr = 0.0;
+  for (int64_t s : {0, 10, 60, 110})
+    EXPECT_DOUBLE_EQ(specopt::scheduled_lr(s, peak, t), peak * specopt::lr_factor(s, t));
+}
+
 TEST(LrSchedule, LinearConstantAndNoWarmup) {
   specopt::TrainLoopConfig t;
   t.steps = 101;
@@ -165,6 +185,8 @@ TEST(Config, BadValuesAreErrorsNamingTheKey) {
            {"model.kind=rnn", "'model.kind': unknown value 'rnn'"},
            {"train.grad_accum=3", "'train.batch_size' (32) must be divisible by train.grad_accum (3)"},
            {"run.device=tpu", "'run.device'"},
+           {"train.min_lr=-1e-6", "'train.min_lr' must be >= 0"},
+           {"train.min_lr=1", "'train.min_lr' (1) must not exceed optim.lr_matrix"},
            {"data.kind=fashion_mnist", "do not fit"},
        }) {
     const std::string e = load_error(override_text);

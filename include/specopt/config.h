@@ -87,6 +87,7 @@ struct TrainLoopConfig {
   int64_t warmup_steps = 100;  // linear warm-up length
   std::string lr_schedule = "cosine";  // after warm-up: "cosine" | "linear" | "constant"
   double min_lr_ratio = 0.1;   // decay to lr·min_lr_ratio at the last step
+  double min_lr = 0.0;         // > 0: decay every group to this absolute lr instead (the study: 3e-6 / 1e-6)
   double grad_clip = 1.0;      // global L2 norm bound; 0 = off
   int64_t eval_every = 100;    // steps between validations (and always at the last step)
   int64_t eval_batches = 20;   // validation batches of batch_size; 0 = whole validation set

@@ -40,6 +40,12 @@ namespace specopt {
 // so the last step (N - 1) runs at lr·r and the first step after warm-up at lr.
 double lr_factor(int64_t step, const TrainLoopConfig& train);
 
+// The learning rate of a group with peak rate `peak` at step `step`:
+// peak·lr_factor(step) when train.min_lr = 0; otherwise the same warm-up and
+// shape decaying to the absolute floor min_lr (as the study: 3e-6 for the
+// Adam family, 1e-6 for mSGD): min_lr + (peak − min_lr)·lr_factor|_{r=0}.
+double scheduled_lr(int64_t step, double peak, const TrainLoopConfig& train);
+
 // p of the matrix group as a function of the step. Text forms:
 //   ""              the variant's own constant p (no set_p calls)
 //   "constant:P"    P at every step
