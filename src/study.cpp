@@ -452,23 +452,23 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
 
   const auto plan = plan_study(config);
   outcome.total = static_cast<int64_t>(plan.size());
-  struct Todo {
+  struct PendingRun {
     StudyRun run;
     bool resume;
   };
-  std::vector<Todo> todo;
+  std::vector<PendingRun> pending;
   for (const auto& r : plan) {
     const RunState s = run_state(r.dir);
     if (s == RunState::kFinished) {
       ++outcome.skipped;
     } else {
-      todo.push_back({r, s == RunState::kPartial});
+      pending.push_back({r, s == RunState::kPartial});
     }
   }
 
   const int64_t workers = std::max<int64_t>(
       1, std::min<int64_t>(options.workers > 0 ? options.workers : config.workers,
-                           std::max<size_t>(todo.size(), 1)));
+                           std::max<size_t>(pending.size(), 1)));
   const int64_t total_threads =
       config.threads > 0 ? config.threads
                          : std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
@@ -481,11 +481,11 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
   std::mutex mu;
   if (options.progress) {
     int64_t resumes = 0;
-    for (const auto& t : todo) resumes += t.resume;
+    for (const auto& t : pending) resumes += t.resume;
     *options.progress << fmt::format(
         "study {}: {} runs ({} finished, {} to resume, {} to start); {} worker(s) x {} thread(s); "
         "dir {}\n",
-        config.name, plan.size(), outcome.skipped, resumes, todo.size() - resumes, workers, threads,
+        config.name, plan.size(), outcome.skipped, resumes, pending.size() - resumes, workers, threads,
         config.study_dir)
                       << std::flush;
   }
@@ -493,8 +493,8 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
   std::atomic<size_t> next{0};
   int64_t done = 0;
   auto work = [&]() {
-    for (size_t i = next++; i < todo.size(); i = next++) {
-      const Todo& t = todo[i];
+    for (size_t i = next++; i < pending.size(); i = next++) {
+      const PendingRun& t = pending[i];
       // Without --resume the trainer replaces whatever an interrupted run left there.
       fs::create_directories(t.run.dir);
       LaunchRequest req;
@@ -536,10 +536,10 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
       ++done;
       if (options.progress) {
         const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-        const double eta = elapsed / done * static_cast<double>(todo.size() - done);
+        const double eta = elapsed / done * static_cast<double>(pending.size() - done);
         *options.progress << fmt::format("[{}/{}] {} {} ({}){}\n", outcome.skipped + done,
                                          plan.size(), t.run.name, what, format_duration(run_s),
-                                         done < static_cast<int64_t>(todo.size())
+                                         done < static_cast<int64_t>(pending.size())
                                              ? "  ETA " + format_duration(eta)
                                              : "")
                           << std::flush;
