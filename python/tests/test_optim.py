@@ -122,6 +122,17 @@ def test_make_optimizer_groups():
 
 # ---- independent references -------------------------------------------------------------------
 
+def assert_same_training(net, opt, ref_net, ref, x, steps):
+    """Train two copies of a model in lockstep on the same loss; their parameters must agree."""
+    for _ in range(steps):
+        for model, o in ((net, opt), (ref_net, ref)):
+            o.zero_grad()
+            model(x).pow(2).mean().backward()
+            o.step()
+    for a, b in zip(net.parameters(), ref_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_p1_adamw_matches_torch_adamw():
     torch.manual_seed(1)
     net = TinyNet().double()
@@ -131,13 +142,7 @@ def test_p1_adamw_matches_torch_adamw():
                                 weight_decay=0.1, decay_vectors=True)
     ref = torch.optim.AdamW(ref_net.parameters(), lr=0.01, betas=(0.9, 0.95), eps=1e-8,
                             weight_decay=0.1)
-    for _ in range(5):
-        for model, o in ((net, opt), (ref_net, ref)):
-            o.zero_grad()
-            model(x).pow(2).mean().backward()
-            o.step()
-    for a, b in zip(net.parameters(), ref_net.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_same_training(net, opt, ref_net, ref, x, steps=5)
 
 
 def test_make_optimizer_adam_is_two_group_torch_adamw():
@@ -153,13 +158,7 @@ def test_make_optimizer_adam_is_two_group_torch_adamw():
     ref = torch.optim.AdamW([dict(params=matrices, lr=0.02, weight_decay=0.1),
                              dict(params=vectors, lr=0.005, weight_decay=0.2)],
                             betas=(0.9, 0.95), eps=1e-8)
-    for _ in range(4):
-        for model, o in ((net, opt), (ref_net, ref)):
-            o.zero_grad()
-            model(x).pow(2).mean().backward()
-            o.step()
-    for a, b in zip(net.parameters(), ref_net.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert_same_training(net, opt, ref_net, ref, x, steps=4)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
