@@ -7,6 +7,7 @@
 //
 //   build/bench_transform --quick --out runs/bench_transform.json
 #include "specopt/spectral.h"
+#include "specopt/threads.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -128,7 +129,11 @@ int main(int argc, char** argv) {
   app.add_option("--p", p_arg, "comma-separated exponents (default: 0,0.25,0.5)");
   app.add_option("--reps", reps, "timed repetitions per case (default: 5; quick: 1)");
   app.add_option("--seed", seed, "random seed for the test matrices");
+  int threads = 0;
+  app.add_option("--threads", threads,
+                 "CPU threads through specopt::set_cpu_threads (default 0: OMP_NUM_THREADS or all cores)");
   CLI11_PARSE(app, argc, argv);
+  const specopt::CpuThreads pools = specopt::set_cpu_threads(threads);
 
   std::vector<specopt::Method> methods;
   for (const auto& m : split(methods_arg.empty()
@@ -228,13 +233,16 @@ int main(int argc, char** argv) {
     }
   }
   const double total = seconds_since(t_start);
-  fmt::print("total {:.1f} s, {} intra-op threads\n", total, at::get_num_threads());
+  fmt::print("total {:.1f} s, {} intra-op / {} BLAS threads ({})\n", total, pools.intra_op, pools.blas,
+             pools.blas_kind);
   if (!out_path.empty()) {
     const nlohmann::json doc = {{"benchmark", "bench_transform"},
                                 {"command", command},
                                 {"quick", quick},
                                 {"torch_version", TORCH_VERSION},
                                 {"threads", at::get_num_threads()},
+                                {"blas_threads", pools.blas},
+                                {"blas_kind", pools.blas_kind},
                                 {"input_dtype", "float32"},
                                 {"device", "cpu"},
                                 {"total_seconds", total},

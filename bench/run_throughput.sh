@@ -72,8 +72,17 @@ for v in "${variants[@]}"; do
     --set optim.lr_matrix=$lr --run-dir "$WORK/run_$v" --quiet
 done
 
-OMP_NUM_THREADS=$THREADS "$PY" bench/train_throughput.py --config "$WORK/run_Adam/config.toml" \
-  --steps "$STEPS" --warmup "$WARMUP" > "$WORK/pytorch.json"
+# The PyTorch loop twice: as a user would run it (torch.set_num_threads(THREADS), OpenBLAS at
+# THREADS), and with the thread pools the C++ run used (its summary's cpu_threads: with
+# Debian's pthreads OpenBLAS, set_cpu_threads gives LibTorch's OpenMP pool 1 thread, see
+# include/specopt/threads.h). The headline speedup is against the matched run.
+INTRA=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["cpu_threads"]["intra_op"])' \
+  "$WORK/run_Adam/summary.json")
+OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS "$PY" bench/train_throughput.py \
+  --config "$WORK/run_Adam/config.toml" --steps "$STEPS" --warmup "$WARMUP" > "$WORK/pytorch_default.json"
+OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS "$PY" bench/train_throughput.py \
+  --config "$WORK/run_Adam/config.toml" --steps "$STEPS" --warmup "$WARMUP" \
+  --intra-op-threads "$INTRA" > "$WORK/pytorch.json"
 
 mkdir -p "$(dirname "$OUT")"
 "$PY" - "$WORK" "$WARMUP" "$OUT" "${variants[@]}" <<'EOF'
@@ -86,6 +95,7 @@ def median_rate(run):
     return statistics.median(rates)
 
 py = json.load(open(f"{work}/pytorch.json"))
+py_default = json.load(open(f"{work}/pytorch_default.json"))
 summaries = {v: json.load(open(f"{work}/run_{v}/summary.json")) for v in variants}
 cpp = median_rate("Adam")
 result = {
@@ -93,8 +103,13 @@ result = {
     "threads": py["threads"], "steps": py["steps"], "warmup_steps": warmup,
     "cpp_tokens_per_s": cpp,
     "cpp_tokens_per_s_whole_run": summaries["Adam"]["tokens_per_s"],
+    "cpu_threads": summaries["Adam"].get("cpu_threads", {}),
     "pytorch_tokens_per_s": py["tokens_per_s"],
+    "pytorch_intra_op_threads": py["threads"],
     "speedup": cpp / py["tokens_per_s"], "speedup_target": 1.1,
+    "pytorch_default_tokens_per_s": py_default["tokens_per_s"],
+    "pytorch_default_intra_op_threads": py_default["threads"],
+    "speedup_vs_default_pytorch": cpp / py_default["tokens_per_s"],
     "spectral_share": {v: s["spectral_share"] for v, s in summaries.items()},
     "spectral_share_source": summaries["Adam"].get("spectral_share_source", ""),
     "spectral_share_target": 0.05,

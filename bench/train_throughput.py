@@ -123,6 +123,9 @@ def main():
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--intra-op-threads", type=int, default=0,
+                    help="torch.set_num_threads value overriding --threads/the config (the BLAS "
+                         "pool follows OPENBLAS_NUM_THREADS/OMP_NUM_THREADS from the environment)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95))
     ap.add_argument("--eps", type=float, default=1e-8)
@@ -153,7 +156,9 @@ def main():
             if os.path.exists(cached):
                 args.text = cached
 
-    if args.threads > 0:
+    if args.intra_op_threads > 0:
+        torch.set_num_threads(args.intra_op_threads)
+    elif args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.text:

@@ -131,8 +131,9 @@ at::Tensor eigh_power(const at::Tensor& O, double p, const SpectralOptions& o,
   const double r = (1.0 - p) / 2.0;
   at::Tensor f = p < 0 ? (lam + o.neg_eps() * lmax).pow(-r) : lam.pow(-r);
   f = at::where(keep, f, at::zeros_like(f));
-  auto OV = counted_matmul(O, V, info);
-  return counted_matmul(OV * f.unsqueeze(-2), V.transpose(-2, -1), info);
+  // O (V diag(f) Vᵀ): n³ + m·n² multiply-adds instead of 2·m·n² for (O V) diag(f) Vᵀ.
+  const auto M = counted_matmul(V * f.unsqueeze(-2), V.transpose(-2, -1), info);
+  return counted_matmul(O, M, info);
 }
 
 }  // namespace detail
@@ -153,10 +154,8 @@ at::Tensor spectral_power(const at::Tensor& O, double p, const SpectralOptions& 
   out->p_effective = p;
   if (p == 1.0) return O;
   if (O.numel() == 0) return O.clone();
-  if (options.check_finite()) {
-    TORCH_CHECK(at::isfinite(O).all().item<bool>(),
-                "spectral_power: input contains NaN or Inf (shape ", O.sizes(), ")");
-  }
+  // The NaN/Inf check (options.check_finite) runs inside dispatch, on the
+  // per-matrix maxima it computes anyway.
   return detail::dispatch(O, p, options, out);
 }
 

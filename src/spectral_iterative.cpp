@@ -391,21 +391,33 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
               "spectral_power: compute_dtype must be a floating-point type, got ", compute);
   // Work on the tall orientation so the Gram matrix is the smaller one.
   const bool wide = O.size(-2) < O.size(-1);
-  at::Tensor X = (wide ? O.transpose(-2, -1) : O).to(compute);
+  // Contiguous in the tall orientation: elementwise passes over a transposed
+  // view are several times slower on CPU.
+  at::Tensor X = (wide ? O.transpose(-2, -1) : O)
+                     .to(compute, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous);
+  const bool fresh = !X.is_alias_of(O);  // X is a private copy (may be scaled in place)
+  // Per-matrix largest |entry| (one cheap reduction, ~15x cheaper than
+  // isfinite().all() on CPU). NaN propagates through amax and Inf is Inf, so
+  // it doubles as the input check.
+  at::Tensor s = X.abs().amax({-2, -1}, /*keepdim=*/true);
+  if (o.check_finite()) {
+    TORCH_CHECK(at::isfinite(s).all().item<bool>(), "spectral_power: input contains NaN or Inf (shape ",
+                O.sizes(), ")");
+  }
   // Scale each matrix so its largest |entry| is 1: keeps the Gram matrix
   // finite for float32 inputs of magnitude 1e30 and normal for 1e-30.
   // Ψ_p(sX) = s^p Ψ_p(X) undoes it. `paper` is not scale-invariant (absolute
   // terms 1e-6 in its ridge and 1e-7 in its normalisation), so to reproduce it
   // the input keeps its own scale unless its largest |entry| lies outside
   // [2^-40, 2^40] (where the float32 Gram matrix would under/overflow).
-  at::Tensor s = X.abs().amax({-2, -1}, /*keepdim=*/true);
   const at::Tensor zero = s == 0;
+  const bool any_zero = zero.any().item<bool>();
   s = at::where(zero, at::ones_like(s), s);
   if (method == Method::kPaper) {
     const double kLo = std::ldexp(1.0, -40), kHi = std::ldexp(1.0, 40);
     s = at::where((s >= kLo) & (s <= kHi), at::ones_like(s), s);
   }
-  X = X / s;
+  X = fresh ? X.div_(s) : X / s;
   at::Tensor Y;
   switch (method) {
     case Method::kSvd: Y = svd_power(X, p, o); break;
@@ -415,14 +427,15 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
     case Method::kPaper: Y = paper_power(X, p, o, info, O.size(-2), O.size(-1)); break;
     case Method::kAuto: TORCH_CHECK(false, "spectral_power: unresolved method auto");
   }
-  // Exact zeros for all-zero matrices; rescale the rest (with the p actually
-  // computed: newton may approximate p).
-  Y = at::where(zero, at::zeros_like(Y), Y * s.to(Y.scalar_type()).pow(info->p_effective));
-  TORCH_CHECK(at::isfinite(Y).all().item<bool>(),
-              "spectral_power: method '", method_name(method),
+  // Undo the scaling (with the p actually computed: newton may approximate
+  // p); all-zero matrices give exact zeros whatever the kernel returned.
+  Y = Y * s.to(Y.scalar_type()).pow(info->p_effective);
+  if (any_zero) Y.masked_fill_(zero, 0);
+  TORCH_CHECK(at::isfinite(Y.abs().amax()).item<bool>(), "spectral_power: method '", method_name(method),
               "' produced a non-finite result (p = ", p, ", shape ", O.sizes(), ")");
   if (wide) Y = Y.transpose(-2, -1);
-  return Y.to(in_dtype).contiguous();
+  // One pass for dtype and layout together.
+  return Y.to(in_dtype, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous);
 }
 
 }  // namespace detail

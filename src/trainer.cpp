@@ -4,6 +4,7 @@
 #include "specopt/checkpoint.h"
 #include "specopt/data.h"
 #include "specopt/models.h"
+#include "specopt/threads.h"
 #include "specopt/update_rules.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -333,7 +334,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
                 "\" but CUDA is not available in this build/machine");
   }
   m.device = torch::Device(c.run.device);
-  if (c.run.threads > 0) at::set_num_threads(static_cast<int>(c.run.threads));
+  set_cpu_threads(static_cast<int>(c.run.threads));
 
   // Data (no global random numbers are drawn here).
   const uint64_t data_seed = static_cast<uint64_t>(c.run.seed);
@@ -923,6 +924,10 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
         {"data", c.data.kind},
         {"parameters", parameters},
         {"device", c.run.device},
+        {"cpu_threads", [] {
+           const CpuThreads t = cpu_threads();
+           return nlohmann::json{{"intra_op", t.intra_op}, {"blas", t.blas}, {"blas_kind", t.blas_kind}};
+         }()},
     };
     write_file_atomic(summary_path, summary.dump(2) + "\n");
   }

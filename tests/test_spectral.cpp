@@ -449,6 +449,27 @@ TEST(SpectralEdge, VectorsRowAndColumn) {
   }
 }
 
+// The input is never written to, whatever the layout: the dispatch scales its
+// private copy in place, and a transposed view that happens to be contiguous
+// (a 1×n row: its transpose n×1 needs no copy) must not count as private.
+TEST(SpectralEdge, InputIsNeverModified) {
+  at::manual_seed(6);
+  const std::vector<at::Tensor> inputs = {
+      at::randn({1, 9}) * 3,                    // wide row: contiguous transpose
+      at::randn({2, 1, 6}, at::kDouble) * 3,    // batch of rows
+      at::randn({4, 7}) * 3,                    // wide
+      at::randn({7, 4}, at::kDouble) * 3,       // tall, same dtype as the compute dtype
+      at::randn({5, 8}).t() * 3,                // non-contiguous tall view
+  };
+  for (const auto& O : inputs) {
+    for (auto [m, p] : method_p_pairs()) {
+      const at::Tensor before = O.clone();
+      specopt::spectral_power(O, p, SpectralOptions().method(m));
+      EXPECT_TRUE(at::equal(O, before)) << specopt::method_name(m) << " p=" << p << " shape " << O.sizes();
+    }
+  }
+}
+
 TEST(SpectralEdge, ExtremeFloat32Scales) {
   at::manual_seed(4);
   const auto O = make(Family::kCond1e3, 24, 16).to(at::kFloat);

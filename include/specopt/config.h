@@ -26,7 +26,7 @@ namespace specopt {
 struct RunConfig {
   int64_t seed = 0;                   // model init, data order, dropout
   std::string device = "cpu";         // "cpu", "cuda", "cuda:N" (error if CUDA is absent)
-  int64_t threads = 0;                // at::set_num_threads; 0 = leave LibTorch's default (all cores)
+  int64_t threads = 0;                // set_cpu_threads (threads.h); 0 = OMP_NUM_THREADS or all cores
   std::string run_dir = "runs/train";  // used when the CLI gets no --run-dir
 };
 

@@ -82,6 +82,13 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   int64_t n_head;
   bool qk_norm;
   double dropout;
+
+ private:
+  // Additive causal mask (0 on and below the diagonal, -inf above), cached for
+  // the last (T, dtype, device) seen. Not a registered buffer: it is derived
+  // data and stays out of state dicts and checkpoints.
+  const at::Tensor& causal_mask(int64_t T, const at::TensorOptions& options);
+  at::Tensor mask_;
 };
 TORCH_MODULE(CausalSelfAttention);
 

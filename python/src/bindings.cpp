@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "specopt/threads.h"
 #include "specopt/variants.h"
 
 namespace specopt {
@@ -251,6 +252,24 @@ PYBIND11_MODULE(_C, m) {
         "Parse a variant name ('AdamS', 'mSGDZ', 'adam:p=0.3', case-insensitive).");
   m.def("named_variants", &named_variants,
         "The eight named variants in table order (Adam, AdamS, AdamQ, AdamZ, mSGD, ...).");
+
+  m.def(
+      "set_cpu_threads",
+      [](int n) {
+        const CpuThreads t = set_cpu_threads(n);
+        py::dict d;
+        d["intra_op"] = t.intra_op;
+        d["blas"] = t.blas;
+        d["blas_kind"] = t.blas_kind;
+        d["gomp_wait_set"] = t.gomp_wait_set;
+        return d;
+      },
+      py::arg("n") = 0,
+      "Give LibTorch's intra-op pool and OpenBLAS's pool a consistent thread count (n <= 0:\n"
+      "OMP_NUM_THREADS or all cores) and return {intra_op, blas, blas_kind, gomp_wait_set}.\n"
+      "With Debian's pthreads OpenBLAS and no OMP_WAIT_POLICY/GOMP_SPINCOUNT in the environment\n"
+      "the intra-op pool gets 1 thread: libgomp's spinning workers would otherwise halve the\n"
+      "speed of a multi-threaded training step (docs/training.md, Threads).");
 
   bind_optim(m);
 }
