@@ -5,6 +5,9 @@
 # variant on the same model.
 #
 # Usage: bench/run_throughput.sh [--threads N] [--steps S] [--build DIR] [--out FILE] [--no-variants]
+#                                [--variants V1,V2] [--batch B]
+#   --variants: Adam plus these variants (default: all eight); --batch: sequences per step
+#   (default 16, kjv-gpt's) -- the transform's share falls as the tokens per step grow.
 #   The model and batch are those of configs/study/kjv-gpt.toml (4 layers, d 128, context 128,
 #   batch 16, byte-level KJV). Prints one JSON object (also written to --out, default
 #   runs/bench/throughput.json). Targets: C++ / PyTorch tokens/s ≥ 1.1; spectral share ≤ 5 %.
@@ -21,6 +24,8 @@ WARMUP=5
 BUILD=build
 OUT=runs/bench/throughput.json
 VARIANTS=1
+EXTRA_VARIANTS=""
+BATCH=16
 while (($#)); do
   case "$1" in
     --threads) THREADS=$2; shift 2 ;;
@@ -28,6 +33,8 @@ while (($#)); do
     --build) BUILD=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --no-variants) VARIANTS=0; shift ;;
+    --variants) EXTRA_VARIANTS=$2; shift 2 ;;
+    --batch) BATCH=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +62,7 @@ lr_vector = 3e-4
 split_rows = ["c_attn"]
 [train]
 steps = $STEPS
-batch_size = 16
+batch_size = $BATCH
 warmup_steps = 5
 eval_every = 100000
 eval_batches = 1
@@ -65,6 +72,7 @@ EOF
 # One C++ run per variant (Adam first: the one compared with torch.optim.AdamW).
 variants=(Adam)
 ((VARIANTS)) && variants=(Adam AdamS AdamQ AdamZ mSGD mSGDS mSGDQ mSGDZ)
+[[ -n $EXTRA_VARIANTS ]] && IFS=, read -r -a extra <<< "$EXTRA_VARIANTS" && variants=(Adam "${extra[@]}")
 for v in "${variants[@]}"; do
   lr=2e-3
   [[ $v == mSGD* ]] && lr=0.1
