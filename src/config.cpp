@@ -8,8 +8,10 @@
 #include "specopt/variants.h"
 
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include <cmath>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -17,6 +19,21 @@
 namespace specopt {
 
 namespace {
+
+// The sane ranges of sizes and counts (validate(); docs/training.md lists them).
+constexpr int64_t kMaxThreads = 4096;
+constexpr int64_t kMaxLayers = 256;         // model.n_layer, entries of model.hidden
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxWidth = 65536;        // model.n_embd, model.hidden[i], model.fc_hidden
+constexpr int64_t kMaxChannels = 4096;      // model.channels[i]
+constexpr int64_t kMaxBlockSize = 1 << 20;  // tokens per sequence
+constexpr int64_t kMaxVocab = 1 << 20;      // data.vocab_size (bin tokens are uint16: 65536)
+constexpr int64_t kMaxRowBlocks = 1024;
+constexpr int64_t kMaxNsSteps = 1000;       // Newton–Schulz / Newton iterations per transform
+constexpr int64_t kMaxSteps = 10000000000;  // 1e10: steps and step intervals
+constexpr int64_t kMaxBatch = 1 << 24;      // examples per step
+constexpr double kMaxFloat32 = 3.4028234663852886e38;    // FLT_MAX
+constexpr double kMinNormalFloat32 = 1.1754943508222875e-38;  // FLT_MIN
 
 // Calls v("table.key", member) for every field, in the order of config.h.
 // Templated on the config's constness so readers and writers share it.
@@ -93,7 +110,20 @@ void read_node(const toml::node& n, int64_t& out, const std::string& key) {
 }
 void read_node(const toml::node& n, double& out, const std::string& key) {
   TORCH_CHECK(n.is_number(), "config key '", key, "': expected a number, got ", describe(n));
-  out = *n.value<double>();
+  if (const auto* f = n.as_floating_point()) {
+    out = f->get();
+    return;
+  }
+  // An integer is taken only when a double holds it exactly (|i| ≤ 2^53, or a
+  // larger multiple of a power of two): 9007199254740993 is an error, not
+  // 9007199254740992. 2^63 itself is out of int64 range, so the round trip is
+  // checked below it.
+  const int64_t i = n.as_integer()->get();
+  const double d = static_cast<double>(i);
+  TORCH_CHECK(d < 9223372036854775808.0 && static_cast<int64_t>(d) == i, "config key '", key,
+              "': the integer ", i, " has no exact double value (the nearest is ", fmt::format("{:.17g}", d),
+              "); write the value meant as a float");
+  out = d;
 }
 void read_node(const toml::node& n, bool& out, const std::string& key) {
   auto v = n.value_exact<bool>();
@@ -307,11 +337,19 @@ void TrainConfig::validate() const {
     }
     TORCH_CHECK(false, "config key '", key, "': unknown value '", value, "' (valid: ", list, ")");
   };
-  auto positive = [](const std::string& key, auto v) {
-    TORCH_CHECK(v > 0, "config key '", key, "' must be > 0, got ", v);
-  };
   auto non_negative = [](const std::string& key, auto v) {
     TORCH_CHECK(v >= 0, "config key '", key, "' must be >= 0, got ", v);
+  };
+  // Sizes and counts: checked against a sane range before anything is
+  // allocated or looped over (the ranges are listed in docs/training.md).
+  auto in_range = [](const std::string& key, int64_t v, int64_t lo, int64_t hi) {
+    TORCH_CHECK(v >= lo && v <= hi, "config key '", key, "' must lie in [", lo, ", ", hi, "], got ", v);
+  };
+  // Real values must be finite in float32, the compute dtype of the models
+  // (a larger value cannot even be handed to the optimizer's float math).
+  auto float_range = [](const std::string& key, double v, double lo) {
+    TORCH_CHECK(std::isfinite(v) && v >= lo && v <= kMaxFloat32, "config key '", key, "' must lie in [",
+                lo, ", ", kMaxFloat32, "] (finite in float32), got ", v);
   };
   // Re-throw a domain parser's error with the key in front.
   auto with_key = [](const std::string& key, auto&& parse) {
@@ -325,22 +363,24 @@ void TrainConfig::validate() const {
   TORCH_CHECK(run.device == "cpu" || run.device == "cuda" || run.device.rfind("cuda:", 0) == 0,
               "config key 'run.device': unknown device '", run.device,
               "' (valid: cpu, cuda, cuda:N)");
-  non_negative("run.threads", run.threads);
+  in_range("run.threads", run.threads, 0, kMaxThreads);
 
   one_of("model.kind", model.kind, {"gpt", "mlp", "cnn"});
-  positive("model.n_layer", model.n_layer);
-  positive("model.n_head", model.n_head);
-  positive("model.n_embd", model.n_embd);
-  positive("model.block_size", model.block_size);
+  in_range("model.n_layer", model.n_layer, 1, kMaxLayers);
+  in_range("model.n_head", model.n_head, 1, kMaxHeads);
+  in_range("model.n_embd", model.n_embd, 1, kMaxWidth);
+  in_range("model.block_size", model.block_size, 1, kMaxBlockSize);
   TORCH_CHECK(model.n_embd % model.n_head == 0, "config key 'model.n_embd' (", model.n_embd,
               ") must be divisible by model.n_head (", model.n_head, ")");
   TORCH_CHECK(model.dropout >= 0 && model.dropout < 1, "config key 'model.dropout' must lie in [0, 1), got ",
               model.dropout);
-  for (auto h : model.hidden) positive("model.hidden", h);
-  for (auto c : model.channels) positive("model.channels", c);
+  TORCH_CHECK(model.hidden.size() <= static_cast<size_t>(kMaxLayers), "config key 'model.hidden' must list at most ",
+              kMaxLayers, " widths, got ", model.hidden.size());
+  for (auto h : model.hidden) in_range("model.hidden", h, 1, kMaxWidth);
+  for (auto c : model.channels) in_range("model.channels", c, 1, kMaxChannels);
   TORCH_CHECK(model.channels.size() == 2, "config key 'model.channels' must list 2 widths (conv1, conv2), got ",
               model.channels.size());
-  positive("model.fc_hidden", model.fc_hidden);
+  in_range("model.fc_hidden", model.fc_hidden, 1, kMaxWidth);
 
   one_of("data.kind", data.kind, {"kjv", "text", "bin", "fashion_mnist"});
   TORCH_CHECK((data.kind != "text" && data.kind != "bin") || !data.path.empty(),
@@ -348,7 +388,7 @@ void TrainConfig::validate() const {
               " when data.kind = \"", data.kind, "\"");
   TORCH_CHECK(data.val_fraction > 0 && data.val_fraction < 1,
               "config key 'data.val_fraction' must lie in (0, 1), got ", data.val_fraction);
-  non_negative("data.vocab_size", data.vocab_size);
+  in_range("data.vocab_size", data.vocab_size, 0, kMaxVocab);
   non_negative("data.train_limit", data.train_limit);
   non_negative("data.val_limit", data.val_limit);
   const bool image_data = data.kind == "fashion_mnist";
@@ -361,39 +401,43 @@ void TrainConfig::validate() const {
   with_key("optim.method", [&] { parse_method(optim.method); });
   with_key("optim.scale", [&] { parse_scale_mode(optim.scale); });
   with_key("optim.p_schedule", [&] { PSchedule::parse(optim.p_schedule); });
-  non_negative("optim.lr_matrix", optim.lr_matrix);
-  non_negative("optim.lr_vector", optim.lr_vector);
-  non_negative("optim.weight_decay_matrix", optim.weight_decay_matrix);
-  non_negative("optim.weight_decay_vector", optim.weight_decay_vector);
+  float_range("optim.lr_matrix", optim.lr_matrix, 0.0);
+  float_range("optim.lr_vector", optim.lr_vector, 0.0);
+  float_range("optim.weight_decay_matrix", optim.weight_decay_matrix, 0.0);
+  float_range("optim.weight_decay_vector", optim.weight_decay_vector, 0.0);
   TORCH_CHECK(optim.beta1 >= 0 && optim.beta1 < 1, "config key 'optim.beta1' must lie in [0, 1), got ",
               optim.beta1);
   TORCH_CHECK(optim.beta2 >= 0 && optim.beta2 < 1, "config key 'optim.beta2' must lie in [0, 1), got ",
               optim.beta2);
-  positive("optim.eps", optim.eps);
+  // eps below the smallest normal float32 rounds to 0 (or a denormal, flushed
+  // to 0 on many CPUs/GPUs): m/(√v + 0) is 0/0 = NaN where v = 0.
+  TORCH_CHECK(optim.eps >= kMinNormalFloat32 && optim.eps <= 1.0, "config key 'optim.eps' must lie in [",
+              kMinNormalFloat32, ", 1] (non-zero in float32, the compute dtype), got ", optim.eps);
   TORCH_CHECK(optim.momentum >= 0 && optim.momentum < 1,
               "config key 'optim.momentum' must lie in [0, 1), got ", optim.momentum);
-  positive("optim.split_rows_blocks", optim.split_rows_blocks);
-  positive("optim.spectral_tol", optim.spectral_tol);
-  positive("optim.ns_steps", optim.ns_steps);
+  in_range("optim.split_rows_blocks", optim.split_rows_blocks, 1, kMaxRowBlocks);
+  TORCH_CHECK(optim.spectral_tol > 0 && optim.spectral_tol <= 1, "config key 'optim.spectral_tol' must lie in (0, 1], got ",
+              optim.spectral_tol);
+  in_range("optim.ns_steps", optim.ns_steps, 1, kMaxNsSteps);
 
-  positive("train.steps", train.steps);
-  positive("train.batch_size", train.batch_size);
-  positive("train.grad_accum", train.grad_accum);
+  in_range("train.steps", train.steps, 1, kMaxSteps);
+  in_range("train.batch_size", train.batch_size, 1, kMaxBatch);
+  in_range("train.grad_accum", train.grad_accum, 1, kMaxBatch);
   TORCH_CHECK(train.batch_size % train.grad_accum == 0, "config key 'train.batch_size' (",
               train.batch_size, ") must be divisible by train.grad_accum (", train.grad_accum, ")");
-  non_negative("train.warmup_steps", train.warmup_steps);
+  in_range("train.warmup_steps", train.warmup_steps, 0, kMaxSteps);
   one_of("train.lr_schedule", train.lr_schedule, {"cosine", "linear", "constant"});
   TORCH_CHECK(train.min_lr_ratio >= 0 && train.min_lr_ratio <= 1,
               "config key 'train.min_lr_ratio' must lie in [0, 1], got ", train.min_lr_ratio);
-  non_negative("train.min_lr", train.min_lr);
+  float_range("train.min_lr", train.min_lr, 0.0);
   TORCH_CHECK(train.min_lr <= std::min(optim.lr_matrix, optim.lr_vector),
               "config key 'train.min_lr' (", train.min_lr, ") must not exceed optim.lr_matrix (",
               optim.lr_matrix, ") or optim.lr_vector (", optim.lr_vector, ")");
-  non_negative("train.grad_clip", train.grad_clip);
-  positive("train.eval_every", train.eval_every);
-  non_negative("train.eval_batches", train.eval_batches);
-  positive("train.log_every", train.log_every);
-  non_negative("train.checkpoint_every", train.checkpoint_every);
+  float_range("train.grad_clip", train.grad_clip, 0.0);
+  in_range("train.eval_every", train.eval_every, 1, kMaxSteps);
+  in_range("train.eval_batches", train.eval_batches, 0, kMaxSteps);
+  in_range("train.log_every", train.log_every, 1, kMaxSteps);
+  in_range("train.checkpoint_every", train.checkpoint_every, 0, kMaxSteps);
 }
 
 }  // namespace specopt

@@ -175,8 +175,8 @@ TEST(Config, BadValuesAreErrorsNamingTheKey) {
            {"optim.lr_matrix=fast", "'optim.lr_matrix'"},
            {"optim.nesterov=1", "'optim.nesterov': expected true or false"},
            {"model.hidden=[1.5]", "'model.hidden[0]'"},
-           {"train.steps=0", "'train.steps' must be > 0"},
-           {"optim.lr_matrix=-1", "'optim.lr_matrix' must be >= 0"},
+           {"train.steps=0", "'train.steps' must lie in [1, 10000000000], got 0"},
+           {"optim.lr_matrix=-1", "'optim.lr_matrix' must lie in [0, "},
            {"optim.lr_matrix=nan", "'optim.lr_matrix'"},
            {"optim.variant=Adamm", "'optim.variant'"},
            {"optim.method=magic", "'optim.method'"},
@@ -185,7 +185,7 @@ TEST(Config, BadValuesAreErrorsNamingTheKey) {
            {"model.kind=rnn", "'model.kind': unknown value 'rnn'"},
            {"train.grad_accum=3", "'train.batch_size' (32) must be divisible by train.grad_accum (3)"},
            {"run.device=tpu", "'run.device'"},
-           {"train.min_lr=-1e-6", "'train.min_lr' must be >= 0"},
+           {"train.min_lr=-1e-6", "'train.min_lr' must lie in [0, "},
            {"train.min_lr=1", "'train.min_lr' (1) must not exceed optim.lr_matrix"},
            {"data.kind=fashion_mnist", "do not fit"},
        }) {
@@ -225,6 +225,73 @@ TEST(Config, ResolvedConfigRoundTrips) {
   d.train.steps += 1;
   d.optim.beta2 = 0.99;
   EXPECT_EQ(specopt::config_differences(c, d), (std::vector<std::string>{"optim.beta2", "train.steps"}));
+}
+
+// Issue 13, item 2: every typed read gives the exact value or an error naming
+// the key. An integer that a double cannot hold exactly used to come back as
+// an empty optional, dereferenced into garbage (6.95e-310, different each run).
+TEST(Config, IntegersForRealKeysAreExactOrErrors) {
+  for (const char* key : {"optim.lr_matrix", "model.dropout", "train.min_lr", "train.min_lr_ratio",
+                          "data.val_fraction"}) {
+    for (const char* value : {"9007199254740993", "9223372036854775807", "-9223372036854775807"}) {
+      const std::string o = std::string(key) + "=" + value;
+      const std::string e = error_of([&] {
+        TrainConfig c;
+        specopt::apply_override(c, o);
+      });
+      EXPECT_NE(e.find(std::string("config key '") + key + "'"), std::string::npos) << o << " → " << e;
+      EXPECT_NE(e.find("no exact double value"), std::string::npos) << o << " → " << e;
+    }
+  }
+  // Integers a double holds exactly are taken as they are, from files too.
+  TrainConfig c;
+  specopt::apply_override(c, "optim.lr_matrix=9007199254740992");
+  EXPECT_EQ(c.optim.lr_matrix, 9007199254740992.0);
+  specopt::apply_override(c, "optim.lr_vector=0");
+  EXPECT_EQ(c.optim.lr_vector, 0.0);
+  specopt::apply_toml(c, "[model]\ndropout = 0\n[optim]\nbeta2 = 1\n", "t.toml");
+  EXPECT_EQ(c.model.dropout, 0.0);
+  EXPECT_EQ(c.optim.beta2, 1.0);
+  const std::string e = error_of([&] { specopt::apply_toml(c, "[train]\nmin_lr = 9007199254740995\n", "t.toml"); });
+  EXPECT_NE(e.find("'train.min_lr'"), std::string::npos) << e;
+}
+
+// Issue 13, item 3 (and the float32 limits of items 4 and 5): sizes, counts
+// and real values are checked against documented ranges before anything is
+// built, so ns_steps = 2^63 - 1 or n_layer = 2^32 + 1 are errors, not a spin
+// or an allocation until memory runs out.
+TEST(Config, SizesAndRealsOutsideTheirSaneRangesAreErrors) {
+  auto load_error = [](const std::string& o) { return error_of([&] { specopt::load_config("", {o}); }); };
+  for (const auto& [o, expect] : std::vector<std::pair<std::string, std::string>>{
+           {"optim.ns_steps=9223372036854775807", "'optim.ns_steps' must lie in [1, 1000], got 9223372036854775807"},
+           {"model.n_layer=4294967297", "'model.n_layer' must lie in [1, 256], got 4294967297"},
+           {"model.n_head=100000", "'model.n_head' must lie in [1, 1024]"},
+           {"model.n_embd=1000000", "'model.n_embd' must lie in [1, 65536]"},
+           {"model.block_size=9223372036854775807", "'model.block_size' must lie in [1, 1048576]"},
+           {"model.hidden=[64, 4294967297]", "'model.hidden' must lie in [1, 65536]"},
+           {"model.channels=[4, 100000]", "'model.channels' must lie in [1, 4096]"},
+           {"model.fc_hidden=0", "'model.fc_hidden' must lie in [1, 65536]"},
+           {"data.vocab_size=100000000", "'data.vocab_size' must lie in [0, 1048576]"},
+           {"optim.split_rows_blocks=100000", "'optim.split_rows_blocks' must lie in [1, 1024]"},
+           {"train.batch_size=9223372036854775807", "'train.batch_size' must lie in [1, 16777216]"},
+           {"train.steps=9223372036854775807", "'train.steps' must lie in [1, 10000000000]"},
+           {"train.eval_batches=-1", "'train.eval_batches' must lie in [0, 10000000000]"},
+           {"run.threads=100000", "'run.threads' must lie in [0, 4096]"},
+           {"optim.lr_matrix=1e308", "'optim.lr_matrix' must lie in [0, 3.40282e+38] (finite in float32)"},
+           {"optim.lr_vector=inf", "'optim.lr_vector' must lie in [0, 3.40282e+38]"},
+           {"optim.weight_decay_matrix=1e39", "'optim.weight_decay_matrix'"},
+           {"train.grad_clip=nan", "'train.grad_clip'"},
+           {"optim.eps=1e-300", "'optim.eps' must lie in [1.17549e-38, 1] (non-zero in float32"},
+           {"optim.eps=1e-50", "'optim.eps' must lie in"},
+           {"optim.eps=0", "'optim.eps' must lie in"},
+           {"optim.spectral_tol=2", "'optim.spectral_tol' must lie in (0, 1]"},
+       }) {
+    const std::string e = load_error(o);
+    EXPECT_NE(e.find(expect), std::string::npos) << o << " → " << e;
+  }
+  // The bounds themselves are inside.
+  EXPECT_NO_THROW(specopt::load_config("", {"optim.ns_steps=1000", "model.n_layer=256", "optim.eps=1.2e-38",
+                                            "optim.lr_matrix=1e30", "optim.lr_vector=1e30"}));
 }
 
 }  // namespace
