@@ -3,7 +3,10 @@
 //                       [--nproc N | --rank R --world-size W --master-addr A --master-port P]`
 //
 // Exit status 0 when the run finished or diverged (summary.json says which),
-// 1 on an error (bad config, missing data, unreadable checkpoint, ...).
+// 1 on an error (bad config, missing data, unreadable checkpoint, disk full,
+// run directory locked by another process, ...), 75 (specopt::kExitInterrupted)
+// when SIGINT/SIGTERM stopped it after a checkpoint (rerun with --resume); a
+// second signal exits at once, by that signal (130 / 143 in a shell).
 #include "commands.h"
 
 #include "specopt/config.h"
@@ -62,6 +65,7 @@ void run_train(const TrainArgs& a) {
 
   specopt::TrainOptions options;
   options.resume = a.resume;
+  options.handle_signals = true;
   auto dist = specopt::dist::options_from_env(specopt::dist::DistOptions().device(config.run.device));
   if (a.rank >= 0) dist.rank(a.rank);
   if (a.world_size > 0) dist.world_size(a.world_size);
@@ -82,6 +86,13 @@ void run_train(const TrainArgs& a) {
   }
   const std::string run_dir = a.run_dir.empty() ? config.run.run_dir : a.run_dir;
   const specopt::TrainResult r = specopt::train(config, run_dir, options);
+  if (r.status == "interrupted") {
+    if (options.hooks.is_main_process())
+      std::cerr << fmt::format("{}: interrupted by signal {} after {} steps; checkpoint written; rerun with "
+                               "--resume to continue\n",
+                               run_dir, r.stop_signal, r.steps_done);
+    std::exit(specopt::kExitInterrupted);
+  }
   if (!a.quiet && options.hooks.is_main_process()) {
     std::cout << fmt::format("{}: {} after {} steps, final val loss {:.4f} (best {:.4f}), {:.0f} {}/s\n",
                              run_dir, r.status, r.steps_done, r.final_val_loss, r.best_val_loss,

@@ -4,6 +4,8 @@
 #include "specopt/checkpoint.h"
 #include "specopt/data.h"
 #include "specopt/models.h"
+#include "specopt/spectral_adamw.h"
+#include "specopt/spectral_sgd.h"
 #include "specopt/threads.h"
 #include "specopt/update_rules.h"
 
@@ -17,12 +19,15 @@
 
 #include <fcntl.h>
 #include <nlohmann/json.hpp>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -157,27 +162,42 @@ uint32_t crc32_of(const char* data, size_t size) {
 }
 }  // namespace
 
+namespace {
+// write(2) until all of `bytes` is written; false (errno set) on an error.
+bool write_all(int fd, const char* bytes, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::write(fd, bytes + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+}  // namespace
+
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   TORCH_CHECK(fd >= 0, "cannot create '", tmp, "': ", std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      TORCH_CHECK(false, "cannot write '", tmp, "': ", std::strerror(err));
-    }
-    done += static_cast<size_t>(n);
+  // Any failure removes the temporary file: a partial PATH.tmp of a full disk
+  // would otherwise keep the disk full. PATH itself is untouched.
+  auto fail = [&](const char* what, int err) {
+    ::unlink(tmp.c_str());
+    TORCH_CHECK(false, "cannot ", what, " '", tmp, "' (for '", path, "'): ", std::strerror(err));
+  };
+  if (!write_all(fd, bytes.data(), bytes.size())) {
+    const int err = errno;
+    ::close(fd);
+    fail("write", err);
   }
-  const bool synced = ::fsync(fd) == 0;
-  const int sync_err = errno;
-  ::close(fd);
-  TORCH_CHECK(synced, "cannot fsync '", tmp, "': ", std::strerror(sync_err));
-  TORCH_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path,
-              "': ", std::strerror(errno));
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    fail("fsync", err);
+  }
+  if (::close(fd) != 0) fail("close", errno);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename", errno);
   // Make the rename itself durable.
   std::string dir = fs::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
@@ -202,9 +222,34 @@ void write_checkpoint(const std::string& path, torch::serialize::OutputArchive& 
 
 void read_checkpoint(const std::string& path, torch::serialize::InputArchive& archive,
                      c10::optional<c10::Device> device) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in.good(), "cannot open checkpoint '", path, "'");
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Only a regular file is read, and never more than it holds: a symlink to
+  // /dev/zero, a FIFO or a directory is refused by name (O_NONBLOCK: opening
+  // a FIFO does not wait for a writer).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  TORCH_CHECK(fd >= 0, "cannot open checkpoint '", path, "': ", std::strerror(errno));
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  TORCH_CHECK(::fstat(fd, &st) == 0, "cannot stat checkpoint '", path, "': ", std::strerror(errno));
+  TORCH_CHECK(S_ISREG(st.st_mode), "checkpoint '", path, "' is not a regular file (",
+              S_ISDIR(st.st_mode) ? "a directory" : S_ISCHR(st.st_mode) ? "a character device"
+              : S_ISFIFO(st.st_mode) ? "a FIFO" : "a special file", ")");
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  auto read_exact = [&](char* out, size_t size) {
+    size_t done = 0;
+    while (done < size) {
+      const ssize_t n = ::read(fd, out + done, size - done);
+      if (n < 0 && errno == EINTR) continue;
+      TORCH_CHECK(n >= 0, "cannot read checkpoint '", path, "': ", std::strerror(errno));
+      if (n == 0) break;
+      done += static_cast<size_t>(n);
+    }
+    return done;
+  };
+  std::string bytes(std::min<uint64_t>(file_size, kCheckpointHeaderSize), '\0');
+  bytes.resize(read_exact(bytes.data(), bytes.size()));
   TORCH_CHECK(bytes.size() >= kCheckpointHeaderSize, "checkpoint '", path, "' is truncated: ",
               bytes.size(), " bytes, shorter than the ", kCheckpointHeaderSize, "-byte header");
   TORCH_CHECK(std::memcmp(bytes.data(), kCheckpointMagic, sizeof(kCheckpointMagic)) == 0,
@@ -213,10 +258,15 @@ void read_checkpoint(const std::string& path, torch::serialize::InputArchive& ar
   TORCH_CHECK(version == kCheckpointFormatVersion, "checkpoint '", path, "' has format version ",
               version, "; this build of specopt reads version ", kCheckpointFormatVersion);
   const uint64_t length = get_le(bytes.data() + 12, 8);
-  const uint64_t have = bytes.size() - kCheckpointHeaderSize;
+  // The payload read is bounded by the file's real size (never by the header alone).
+  const uint64_t have = file_size - kCheckpointHeaderSize;
   TORCH_CHECK(have == length, "checkpoint '", path, "' is ",
               have < length ? "truncated" : "followed by extra bytes", ": the header announces ",
               length, " payload bytes, the file holds ", have);
+  bytes.resize(kCheckpointHeaderSize + length);
+  const size_t got = read_exact(bytes.data() + kCheckpointHeaderSize, length);
+  TORCH_CHECK(got == length, "checkpoint '", path, "' is truncated: it shrank to ", got,
+              " payload bytes while being read (", length, " announced)");
   const char* payload = bytes.data() + kCheckpointHeaderSize;
   const uint64_t crc = get_le(bytes.data() + 20, 4);
   TORCH_CHECK(crc32_of(payload, length) == crc, "checkpoint '", path,
@@ -225,6 +275,8 @@ void read_checkpoint(const std::string& path, torch::serialize::InputArchive& ar
     archive.load_from(payload, length, device);
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "checkpoint '", path, "': unreadable archive: ", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "checkpoint '", path, "': unreadable archive: ", e.what());
   }
 }
 
@@ -422,6 +474,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
   m.totals.best_val_loss = kInf;
   m.totals.last_val_loss = kInf;
   m.totals.last_train_loss = kInf;
+  m.totals.initial_train_loss = kInf;
 }
 
 Trainer::~Trainer() = default;
@@ -468,20 +521,21 @@ StepStats Trainer::step() {
   s.loss = mean_loss.item<double>() / static_cast<double>(W);
   s.items = B * m.items_per_example;
 
-  auto give_up = [&] {
+  auto give_up = [&](std::string reason) {
     m.optimizer->zero_grad();
     s.diverged = true;
+    s.diverged_reason = std::move(reason);
     s.step_s = seconds_since(t0);
     return s;
   };
-  if (!std::isfinite(s.loss)) return give_up();
+  if (!std::isfinite(s.loss)) return give_up("non-finite training loss");
 
   std::vector<at::Tensor> with_grad;
   for (const auto& p : m.params)
     if (p.grad().defined()) with_grad.push_back(p);
   if (m.hooks.after_backward) m.hooks.after_backward(with_grad);
   s.grad_norm = clip_gradients(with_grad, c.train.grad_clip);
-  if (!std::isfinite(s.grad_norm)) return give_up();
+  if (!std::isfinite(s.grad_norm)) return give_up("non-finite gradient norm");
 
   m.sync();
   const auto t_opt = Clock::now();
@@ -492,26 +546,81 @@ StepStats Trainer::step() {
     } else {
       m.optimizer->step();
     }
-  } catch (const c10::Error&) {
-    // The optimizer refuses non-finite gradients (before changing any state);
-    // that is a divergence. Anything else is a real error.
+  } catch (const c10::Error& e) {
+    // The optimizer refuses non-finite gradients (before changing any state),
+    // and the spectral transform refuses a non-finite update ("spectral_power:
+    // input contains NaN or Inf", "... produced a non-finite result"): both
+    // are divergence. Anything else is a real error.
     bool finite = true;
     for (const auto& p : with_grad)
       finite = finite && p.grad().defined() && p.grad().isfinite().all().item<bool>();
-    if (!finite) return give_up();
+    if (!finite) return give_up("non-finite gradient");
+    const std::string what = e.what_without_backtrace();
+    if (what.find("NaN or Inf") != std::string::npos || what.find("non-finite") != std::string::npos)
+      return give_up("non-finite update (" + what.substr(0, what.find('\n')) + ")");
     throw;
   }
   m.sync();
   s.optimizer_s = seconds_since(t_opt);
   s.transform_s = transform_seconds() - transform_before;
   m.optimizer->zero_grad();
+  // A step that wrote NaN/Inf into a weight or the optimizer state (eps
+  // underflow, overflow of huge finite values) ends the run here, before any
+  // checkpoint could hold that state; the step is not counted.
+  std::string bad = first_non_finite_state();
+  if (W > 1) {
+    // Optimizer state may be sharded: every rank must take the same decision.
+    at::Tensor flag = torch::full({1}, bad.empty() ? 0.0 : 1.0, torch::kFloat64);
+    m.all_reduce(flag);
+    if (bad.empty() && flag.item<double>() > 0) bad = "state on another rank";
+  }
+  if (!bad.empty()) return give_up("non-finite " + bad + " after the optimizer step");
   ++m.step;
   s.step_s = seconds_since(t0);
   m.totals.items += s.items;
   m.totals.train_s += s.step_s;
   m.totals.optimizer_s += s.optimizer_s;
   m.totals.transform_s += s.transform_s;
+  if (!std::isfinite(m.totals.initial_train_loss)) m.totals.initial_train_loss = s.loss;
+  if (s.loss > kDivergenceLossFactor * m.totals.initial_train_loss) {
+    s.diverged = true;
+    s.diverged_reason = fmt::format("training loss {:.4g} > {:g} × the initial loss {:.4g}", s.loss,
+                                    kDivergenceLossFactor, m.totals.initial_train_loss);
+  }
   return s;
+}
+
+std::string Trainer::first_non_finite_state() const {
+  const auto& m = *impl_;
+  // (name, tensor) of every weight and optimizer state tensor; one stacked
+  // reduction so a step costs one device sync.
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& kv : m.module->named_parameters()) tensors.emplace_back("weight '" + kv.key() + "'", kv.value());
+  size_t n_optimizer = 0;
+  for (auto* opt : m.optimizer->optimizers()) {
+    for (const auto& kv : opt->state()) {
+      const auto* st = kv.second.get();
+      const std::string name = "optimizer state " + std::to_string(n_optimizer) + "/" + std::to_string(tensors.size());
+      if (const auto* a = dynamic_cast<const SpectralAdamWParamState*>(st)) {
+        tensors.emplace_back(name + " (exp_avg)", a->exp_avg());
+        tensors.emplace_back(name + " (exp_avg_sq)", a->exp_avg_sq());
+      } else if (const auto* g = dynamic_cast<const SpectralSGDParamState*>(st)) {
+        tensors.emplace_back(name + " (momentum_buffer)", g->momentum_buffer());
+      }
+    }
+    ++n_optimizer;
+  }
+  std::vector<at::Tensor> flags;
+  for (const auto& [name, t] : tensors)
+    if (t.defined() && t.numel() > 0) flags.push_back(t.detach().isfinite().all().reshape({1}));
+    else flags.push_back(torch::ones({1}, torch::TensorOptions().dtype(torch::kBool).device(m.device)));
+  if (flags.empty()) return "";
+  const at::Tensor ok = at::cat(flags).cpu();
+  if (ok.all().item<bool>()) return "";
+  const bool* f = ok.data_ptr<bool>();
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (!f[i]) return tensors[i].first;
+  return "";
 }
 
 double Trainer::evaluate() {
@@ -556,6 +665,9 @@ void set_generator_state(at::Generator gen, const at::Tensor& state) {
 
 void Trainer::save_checkpoint(const std::string& path) const {
   const auto& m = *impl_;
+  const std::string bad = first_non_finite_state();
+  TORCH_CHECK(bad.empty(), "refusing to write checkpoint '", path, "': ", bad,
+              " holds NaN or Inf (the last good checkpoint is kept)");
   torch::serialize::OutputArchive archive;
   archive.write("config", c10::IValue(config_to_toml(m.config)));
   archive.write("step", c10::IValue(m.step));
@@ -589,6 +701,7 @@ void Trainer::save_checkpoint(const std::string& path) const {
   archive.write("totals_best_val_loss", c10::IValue(m.totals.best_val_loss));
   archive.write("totals_last_val_loss", c10::IValue(m.totals.last_val_loss));
   archive.write("totals_last_train_loss", c10::IValue(m.totals.last_train_loss));
+  archive.write("totals_initial_train_loss", c10::IValue(m.totals.initial_train_loss));
   archive.write("totals_items", c10::IValue(m.totals.items));
   archive.write("totals_train_s", c10::IValue(m.totals.train_s));
   archive.write("totals_optimizer_s", c10::IValue(m.totals.optimizer_s));
@@ -601,6 +714,10 @@ void Trainer::load_checkpoint(const std::string& path) {
   auto& m = *impl_;
   torch::serialize::InputArchive archive;
   read_checkpoint(path, archive, m.device);
+  // A payload that passes the CRC but holds the wrong things (a corrupted
+  // writer, a hand-edited file) must still give an error naming the file, not
+  // TorchScript's own text alone.
+  try {
   auto read = [&](const char* key) {
     c10::IValue v;
     TORCH_CHECK(archive.try_read(key, v), "checkpoint '", path, "' lacks the entry '", key, "'");
@@ -648,12 +765,24 @@ void Trainer::load_checkpoint(const std::string& path) {
   m.totals.best_val_loss = read("totals_best_val_loss").toDouble();
   m.totals.last_val_loss = read("totals_last_val_loss").toDouble();
   m.totals.last_train_loss = read("totals_last_train_loss").toDouble();
+  {
+    // Absent from checkpoints written before the loss-factor divergence rule.
+    c10::IValue v;
+    m.totals.initial_train_loss = archive.try_read("totals_initial_train_loss", v) ? v.toDouble() : kInf;
+  }
   m.totals.items = read("totals_items").toInt();
   m.totals.train_s = read("totals_train_s").toDouble();
   m.totals.optimizer_s = read("totals_optimizer_s").toDouble();
   m.totals.transform_s = read("totals_transform_s").toDouble();
   m.totals.wall_s = read("totals_wall_s").toDouble();
   m.step = step;
+  } catch (const c10::Error& e) {
+    const std::string what = e.what_without_backtrace();
+    if (what.find(path) != std::string::npos) throw;
+    TORCH_CHECK(false, "checkpoint '", path, "': unreadable content: ", what);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "checkpoint '", path, "': unreadable content: ", e.what());
+  }
 }
 
 // =============================================================================
@@ -756,10 +885,130 @@ void truncate_metrics(const std::string& path, int64_t last_step) {
   write_file_atomic(path, kept);
 }
 
+// ---- SIGINT / SIGTERM (TrainOptions::handle_signals) --------------------------
+
+std::atomic<int> g_stop_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free flag");
+
+// Async-signal-safe: an atomic store, write(2), signal(2), raise(3).
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal.exchange(sig) != 0) {
+    // The second signal: the default action (exit by that signal) at once.
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+    return;
+  }
+  static const char msg[] =
+      "\nspecopt: signal received: finishing this step, then writing a checkpoint and the metrics "
+      "(send it again to exit at once)\n";
+  const ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof(msg) - 1);
+  (void)ignored;
+}
+
+// Installs on_stop_signal for SIGINT and SIGTERM while it lives.
+class StopSignals {
+ public:
+  explicit StopSignals(bool on) : on_(on) {
+    if (!on_) return;
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGINT, &sa, &old_int_);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    if (!on_) return;
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  int received() const { return on_ ? g_stop_signal.load() : 0; }
+
+ private:
+  bool on_;
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+// ---- the run directory lock --------------------------------------------------------
+
+// An exclusive flock(2) on RUN_DIR/lock for the lifetime of the object; the
+// file holds the holder's PID for the error message of the next comer. The
+// kernel drops the lock when the process dies (even by SIGKILL), so a stale
+// file never blocks a rerun.
+class RunDirLock {
+ public:
+  explicit RunDirLock(const fs::path& dir) {
+    const std::string path = (dir / "lock").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    TORCH_CHECK(fd_ >= 0, "cannot open the lock file '", path, "': ", std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      std::string holder;
+      // The holder writes its PID just after it locks: give it a moment.
+      for (int attempt = 0; attempt < 20 && holder.empty(); ++attempt) {
+        char buf[32] = {};
+        const ssize_t n = ::pread(fd_, buf, sizeof(buf) - 1, 0);
+        for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; ++i) holder.push_back(buf[i]);
+        if (holder.empty()) ::usleep(10000);
+      }
+      ::close(fd_);
+      TORCH_CHECK(err == EWOULDBLOCK, "cannot lock '", path, "': ", std::strerror(err));
+      TORCH_CHECK(false, "run directory '", dir.string(), "' is in use by process ",
+                  holder.empty() ? std::string("(unknown PID)") : holder, " (it holds the lock '", path,
+                  "'); wait for that run to end, or choose another run directory");
+    }
+    const std::string pid = std::to_string(::getpid()) + "\n";
+    if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+      const int err = errno;
+      ::close(fd_);
+      TORCH_CHECK(false, "cannot write the lock file '", path, "': ", std::strerror(err));
+    }
+  }
+  ~RunDirLock() { ::close(fd_); }
+  RunDirLock(const RunDirLock&) = delete;
+  RunDirLock& operator=(const RunDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+// metrics.jsonl, appended line by line with checked write(2)s (an ofstream
+// would fail silently on a full disk and leave half a line).
+class MetricsFile {
+ public:
+  explicit MetricsFile(std::string path) : path_(std::move(path)) {
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    TORCH_CHECK(fd_ >= 0, "cannot open '", path_, "' for writing: ", std::strerror(errno));
+  }
+  ~MetricsFile() { ::close(fd_); }
+  MetricsFile(const MetricsFile&) = delete;
+  MetricsFile& operator=(const MetricsFile&) = delete;
+  // "" on success, else the error naming the file.
+  std::string append(const std::string& line) {
+    const std::string text = line + "\n";
+    const off_t before = ::lseek(fd_, 0, SEEK_END);
+    if (write_all(fd_, text.data(), text.size())) return "";
+    const int err = errno;
+    // Drop the torn line, so the file stays whole lines (resume reads it).
+    if (before >= 0) {
+      const int ignored = ::ftruncate(fd_, before);
+      (void)ignored;
+    }
+    return fmt::format("cannot write '{}': {}", path_, std::strerror(err));
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
 TrainResult result_from_summary(const nlohmann::json& s) {
   TrainResult r;
   r.status = s.value("status", "finished");
   r.diverged = s.value("diverged", false);
+  r.diverged_reason = s.value("diverged_reason", "");
   r.steps_done = s.value("steps_done", int64_t{0});
   r.final_train_loss = json_to_double(s.value("final_train_loss", nlohmann::json()));
   r.final_val_loss = json_to_double(s.value("final_val_loss", nlohmann::json()));
@@ -785,6 +1034,17 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   const std::string summary_path = (dir / "summary.json").string();
   const std::string config_path = (dir / "config.toml").string();
   const ProgressMode mode = main_process ? options.progress : ProgressMode::kQuiet;
+  const StopSignals stop_signals(options.handle_signals);
+
+  // One writer per run directory, for the whole run (before anything in it is
+  // read or replaced).
+  std::unique_ptr<RunDirLock> lock;
+  if (main_process) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    TORCH_CHECK(!ec, "cannot create run directory '", run_dir, "': ", ec.message());
+    lock = std::make_unique<RunDirLock>(dir);
+  }
 
   // A resumed run must be the same run: the config it was started with (its
   // config.toml) may differ only in keys that do not change the computation.
@@ -809,11 +1069,6 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   }
 
   std::error_code ec;
-  if (main_process) {
-    fs::create_directories(dir, ec);
-    TORCH_CHECK(!ec, "cannot create run directory '", run_dir, "': ", ec.message());
-  }
-
   Trainer trainer(config, options.hooks);
   const auto& c = trainer.config();
   Progress progress(mode, c.train.steps, c.train.log_every, trainer.item_unit());
@@ -829,17 +1084,21 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   }
   if (main_process) write_file_atomic(config_path, config_to_toml(c));
 
-  std::ofstream metrics;
-  if (main_process) {
-    metrics.open(metrics_path, std::ios::app);
-    TORCH_CHECK(metrics.good(), "cannot open '", metrics_path, "' for writing");
-  }
+  std::unique_ptr<MetricsFile> metrics;
+  if (main_process) metrics = std::make_unique<MetricsFile>(metrics_path);
   auto& totals = trainer.totals();
   const auto run_start = Clock::now();
   const double wall_before = totals.wall_s;
   const std::string rate_key = trainer.item_unit() + "_per_s";
 
   bool diverged = false;
+  std::string diverged_reason;
+  int stop_signal = 0;
+  auto save = [&] {
+    if (options.hooks.before_save) options.hooks.before_save(trainer.optimizer());
+    if (main_process) trainer.save_checkpoint(checkpoint_path);
+    if (options.hooks.after_save) options.hooks.after_save(trainer.optimizer());
+  };
   progress.start(trainer.steps_done());
   while (trainer.steps_done() < c.train.steps) {
     const StepStats s = trainer.step();
@@ -854,39 +1113,86 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
     bool log_row = s.step % c.train.log_every == 0 || s.step == c.train.steps;
     if (s.diverged) {
       diverged = true;
+      diverged_reason = s.diverged_reason;
       log_row = true;
     } else if (s.step % c.train.eval_every == 0 || s.step == c.train.steps) {
       const double val = trainer.evaluate();
       totals.last_val_loss = val;
-      if (std::isfinite(val)) {
-        totals.best_val_loss = std::min(totals.best_val_loss, val);
-      } else {
+      if (!std::isfinite(val)) {
         diverged = true;
+        diverged_reason = "non-finite validation loss";
+      } else if (val > kDivergenceLossFactor * totals.initial_train_loss) {
+        diverged = true;
+        diverged_reason = fmt::format("validation loss {:.4g} > {:g} × the initial loss {:.4g}", val,
+                                      kDivergenceLossFactor, totals.initial_train_loss);
+      } else {
+        totals.best_val_loss = std::min(totals.best_val_loss, val);
       }
       row["val_loss"] = json_number(val);
       log_row = true;
       progress.message(fmt::format("step {}/{} | val_loss {:.4f} | best {:.4f}", s.step, c.train.steps,
                                    val, totals.best_val_loss));
     }
-    if (main_process && log_row) metrics << row.dump() << "\n" << std::flush;
+    if (main_process && log_row) {
+      const std::string error = metrics->append(row.dump());
+      if (!error.empty()) {
+        // Disk full (or gone): stop, keeping what can be kept.
+        progress.finish();
+        std::string saved = "no checkpoint is written (train.checkpoint_every = 0)";
+        if (c.train.checkpoint_every > 0 && !diverged) {
+          try {
+            save();
+            saved = "a checkpoint of step " + std::to_string(trainer.steps_done()) + " was written to '" +
+                    checkpoint_path + "'";
+          } catch (const c10::Error& e) {
+            saved = std::string("the checkpoint could not be written either: ") + e.what_without_backtrace();
+          }
+        }
+        TORCH_CHECK(false, "run '", run_dir, "' stopped at step ", s.step, ": ", error, "; ", saved);
+      }
+    }
     totals.wall_s = wall_before + seconds_since(run_start);
     if (diverged) {
-      progress.message(fmt::format("step {}/{}: non-finite {} — run diverged", s.step, c.train.steps,
-                                   s.diverged ? (std::isfinite(s.loss) ? "gradient" : "loss")
-                                              : "validation loss"));
+      progress.message(fmt::format("step {}/{}: {} — run diverged", s.step, c.train.steps, diverged_reason));
       break;
     }
     progress.update(s);
-    if (c.train.checkpoint_every > 0 && (s.step % c.train.checkpoint_every == 0 || s.step == c.train.steps)) {
-      if (options.hooks.before_save) options.hooks.before_save(trainer.optimizer());
-      if (main_process) trainer.save_checkpoint(checkpoint_path);
-      if (options.hooks.after_save) options.hooks.after_save(trainer.optimizer());
+    // A stop signal on any rank stops every rank after the same step.
+    double stop = stop_signals.received();
+    if (options.hooks.world_size > 1 && options.handle_signals) {
+      at::Tensor flag = torch::full({1}, stop, torch::kFloat64);
+      options.hooks.all_reduce_sum(flag);
+      stop = flag.item<double>();
     }
+    const bool last = s.step == c.train.steps;
+    if (stop != 0 && !last) {
+      stop_signal = stop_signals.received() != 0 ? stop_signals.received() : SIGTERM;
+      save();
+      progress.finish();
+      progress.message(fmt::format("{} at step {}/{}: checkpoint written to '{}'; rerun with --resume to continue",
+                                   stop_signal == SIGINT ? "SIGINT" : stop_signal == SIGTERM ? "SIGTERM" : "signal",
+                                   s.step, c.train.steps, checkpoint_path));
+      break;
+    }
+    if (c.train.checkpoint_every > 0 && (s.step % c.train.checkpoint_every == 0 || last)) save();
   }
   progress.finish();
 
   TrainResult r;
   r.diverged = diverged;
+  r.diverged_reason = diverged_reason;
+  r.stop_signal = stop_signal;
+  if (stop_signal != 0) {
+    // No summary.json: the run is not complete, and --resume continues it.
+    r.status = "interrupted";
+    r.steps_done = trainer.steps_done();
+    r.final_train_loss = totals.last_train_loss;
+    r.final_val_loss = totals.last_val_loss;
+    r.best_val_loss = totals.best_val_loss;
+    r.throughput_unit = trainer.item_unit();
+    r.wall_s = wall_before + seconds_since(run_start);
+    return r;
+  }
   r.status = diverged ? "diverged" : "finished";
   r.steps_done = trainer.steps_done();
   r.final_train_loss = totals.last_train_loss;
@@ -903,6 +1209,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
     const nlohmann::json summary = {
         {"status", r.status},
         {"diverged", r.diverged},
+        {"diverged_reason", r.diverged_reason},
         {"steps_done", r.steps_done},
         {"steps", c.train.steps},
         {"final_train_loss", json_number(r.final_train_loss)},

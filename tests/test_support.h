@@ -4,7 +4,15 @@
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <functional>
+#include <iterator>
 #include <string>
+#include <vector>
 
 namespace specopt {
 namespace testing {
@@ -20,6 +28,39 @@ std::string error_of(F&& f) {
   }
   ADD_FAILURE() << "expected a c10::Error";
   return "";
+}
+
+// Starts the CLI (SPECOPT_CLI_PATH) with `args`; stdout+stderr go to
+// `log_path`. `in_child` runs in the child before exec (resource limits,
+// signal dispositions).
+inline pid_t spawn_cli(const std::vector<std::string>& args, const std::string& log_path,
+                       const std::function<void()>& in_child = {}) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, STDOUT_FILENO);
+    ::dup2(fd, STDERR_FILENO);
+    if (in_child) in_child();
+    std::vector<char*> argv;
+    std::string cli = SPECOPT_CLI_PATH;
+    argv.push_back(cli.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(cli.c_str(), argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+// The exit status of `pid`, or -N when signal N ended it.
+inline int wait_exit_code(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 }  // namespace testing

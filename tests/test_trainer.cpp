@@ -99,33 +99,9 @@ std::vector<std::tuple<int64_t, double, nlohmann::json>> losses_of(const std::ve
   return out;
 }
 
-// Starts the CLI with `args`; stdout+stderr go to `log_path`.
-pid_t spawn_cli(const std::vector<std::string>& args, const std::string& log_path) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, STDOUT_FILENO);
-    ::dup2(fd, STDERR_FILENO);
-    std::vector<char*> argv;
-    std::string cli = SPECOPT_CLI_PATH;
-    argv.push_back(cli.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(cli.c_str(), argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-int wait_exit_code(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-}
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using specopt::testing::slurp;
+using specopt::testing::spawn_cli;
+using specopt::testing::wait_exit_code;
 
 // ---- gradient clipping -------------------------------------------------------------
 

@@ -95,6 +95,27 @@ struct TrainHooks {
   bool is_main_process() const { return rank == 0; }
 };
 
+// ---- divergence ----------------------------------------------------------------
+
+// The one definition of divergence, applied by Trainer::step(), train() and
+// (through summary.json) the study: a run diverges at the first step whose
+//  * training loss, global gradient norm, optimizer update (the spectral
+//    transform refusing NaN/Inf input, or the optimizer refusing a non-finite
+//    gradient) or any weight or optimizer state tensor after the step is
+//    non-finite, or
+//  * training loss, or a validation loss, exceeds kDivergenceLossFactor × the
+//    run's first training loss (a finite blow-up: the loss of a model that
+//    starts at ln(10) ≈ 2.3 does not come back from 6e8).
+// A diverged run ends with status "diverged", no checkpoint of the diverged
+// state is written (the last checkpoint on disk is the last good state), and
+// `specopt train` exits 0: divergence is a result, not a failure.
+constexpr double kDivergenceLossFactor = 10.0;
+
+// Exit status of `specopt train` and `specopt study` stopped by SIGINT or
+// SIGTERM after writing a checkpoint (EX_TEMPFAIL of sysexits.h: "try again";
+// rerun with --resume, or rerun the study, to continue).
+constexpr int kExitInterrupted = 75;
+
 // ---- one training step --------------------------------------------------------
 
 struct StepStats {
@@ -106,7 +127,12 @@ struct StepStats {
   double step_s = 0.0;      // wall time of the whole step
   double optimizer_s = 0.0;  // wall time of the optimizer step alone
   double transform_s = 0.0;  // of which inside the spectral transform Ψ_p (this rank's share)
-  bool diverged = false;    // non-finite loss or gradient; parameters were not updated
+  // See "divergence" above. For a non-finite loss or gradient the parameters
+  // were not updated; after a non-finite update or weight they may be
+  // partially updated and steps_done() does not count the step (the state is
+  // not to be checkpointed).
+  bool diverged = false;
+  std::string diverged_reason;  // e.g. "non-finite loss", "training loss 6.1e+08 > 10 × the initial loss 2.3"
 };
 
 // Clips the gradients of `params` in place to global L2 norm `max_norm`
@@ -121,6 +147,7 @@ struct RunTotals {
   double best_val_loss = 0.0;  // +inf until the first validation
   double last_val_loss = 0.0;  // +inf until the first validation
   double last_train_loss = 0.0;  // loss of the latest step; +inf before the first
+  double initial_train_loss = 0.0;  // loss of the run's first step (divergence threshold); +inf before it
   int64_t items = 0;           // tokens or samples of all steps (global batches)
   double train_s = 0.0;        // wall time inside step() (no validation, no I/O)
   double optimizer_s = 0.0;    // wall time inside the optimizer step
@@ -159,8 +186,14 @@ class Trainer {
   // version and that the checkpoint's config equals this trainer's except for
   // the keys that do not change the computation (run.threads, run.run_dir,
   // train.log_every, train.eval_every, train.checkpoint_every).
+  // save_checkpoint refuses (c10::Error naming the tensor, file untouched)
+  // to write non-finite weights or optimizer state. load_checkpoint errors
+  // always name the file.
   void save_checkpoint(const std::string& path) const;
   void load_checkpoint(const std::string& path);
+  // The name of the first weight or optimizer state tensor holding NaN/Inf,
+  // or "" when all are finite (one device sync).
+  std::string first_non_finite_state() const;
 
  private:
   struct Impl;
@@ -178,13 +211,20 @@ enum class ProgressMode {
 
 struct TrainOptions {
   bool resume = false;  // continue from RUN_DIR/checkpoint.pt when present
+  // Catch SIGINT/SIGTERM for the run (restoring the previous handlers after):
+  // the first signal finishes the current step, writes a checkpoint and the
+  // metrics, and train() returns status "interrupted" (no summary.json, so
+  // --resume continues); a second signal exits at once. `specopt train` sets it.
+  bool handle_signals = false;
   ProgressMode progress = ProgressMode::kAuto;
   TrainHooks hooks;
 };
 
 struct TrainResult {
-  std::string status;          // "finished" | "diverged"
+  std::string status;          // "finished" | "diverged" | "interrupted" (options.handle_signals)
   bool diverged = false;
+  std::string diverged_reason;  // see StepStats
+  int stop_signal = 0;          // the signal that interrupted the run (status "interrupted")
   int64_t steps_done = 0;
   double final_train_loss = 0.0;
   double final_val_loss = 0.0;  // +inf when diverged
@@ -205,6 +245,12 @@ struct TrainResult {
 // checkpoint's step are dropped first, so the file reads as if the run was
 // never interrupted); otherwise a fresh run starts.
 // Divergence is a result (status "diverged"), not an exception.
+// The main process holds an exclusive flock(2) on RUN_DIR/lock (which holds
+// its PID) for the whole call; a second train() on the same directory fails
+// at once with an error naming that PID. Every write is checked: a metrics
+// line that cannot be written (disk full) stops the run with an error, after
+// an attempt to write a checkpoint; a checkpoint that cannot be written
+// leaves no PATH.tmp behind.
 TrainResult train(const TrainConfig& config, const std::string& run_dir,
                   const TrainOptions& options = {});
 
