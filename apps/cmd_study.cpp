@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "specopt/study.h"
+#include "specopt/trainer.h"  // kExitInterrupted
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -46,7 +47,14 @@ specopt::cli::Registrar reg("study", [](CLI::App& app) {
       specopt::StudyRunOptions options;
       options.workers = args->workers;
       options.progress = tty ? &std::cout : nullptr;
+      options.handle_signals = true;
       const auto outcome = specopt::run_study(config, options);
+      if (outcome.stop_signal != 0) {
+        std::cerr << fmt::format("specopt study: stopped by signal {}; {} run(s) interrupted after a "
+                                 "checkpoint, no new run launched; rerun the same command to resume\n",
+                                 outcome.stop_signal, outcome.interrupted.size());
+        std::exit(specopt::kExitInterrupted);
+      }
       if (!outcome.failed.empty()) {
         std::cerr << fmt::format("specopt study: {} run(s) failed without a summary (rerun the "
                                  "same command to retry them):",

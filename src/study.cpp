@@ -4,6 +4,7 @@
 #include "specopt/study.h"
 
 #include "specopt/config.h"
+#include "specopt/trainer.h"  // kExitInterrupted
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -11,7 +12,8 @@
 #include <toml++/toml.h>
 
 #include <fcntl.h>
-#include <spawn.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -372,6 +374,58 @@ std::string self_executable() {
   return p.string();
 }
 
+namespace {
+
+// ---- signals: forwarded to the running children ------------------------------------
+
+// The PIDs of running children, in fixed slots so the signal handler can read
+// them without a lock (kill(2) is async-signal-safe).
+constexpr size_t kChildSlots = 1024;
+std::atomic<pid_t> g_children[kChildSlots];
+std::atomic<int> g_study_stop{0};
+std::atomic<bool> g_forwarding{false};  // run_study handles signals now
+
+void forward_to_children(int sig) {
+  for (auto& slot : g_children) {
+    const pid_t pid = slot.load();
+    if (pid > 0) ::kill(pid, sig);
+  }
+}
+
+extern "C" void on_study_signal(int sig) {
+  const bool second = g_study_stop.exchange(sig) != 0;
+  forward_to_children(sig);
+  if (second) {
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+  }
+}
+
+size_t register_child(pid_t pid) {
+  for (size_t i = 0; i < kChildSlots; ++i) {
+    pid_t empty = 0;
+    if (g_children[i].compare_exchange_strong(empty, pid)) return i;
+  }
+  return kChildSlots;  // more children than slots: not forwarded (workers are far fewer)
+}
+
+// The file posix_spawnp would run: `name` itself when it has a '/', else the
+// first executable PATH entry (resolved before fork: the child may only make
+// async-signal-safe calls).
+std::string resolve_executable(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "/usr/local/bin:/usr/bin:/bin");
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return name;  // execve fails with ENOENT, reported by the caller
+}
+
+}  // namespace
+
 Launcher subprocess_launcher(std::string executable) {
   return [executable](const LaunchRequest& req) -> int {
     std::vector<std::string> argv_s;
@@ -381,13 +435,6 @@ Launcher subprocess_launcher(std::string executable) {
     for (auto& s : argv_s) argv.push_back(s.data());
     argv.push_back(nullptr);
 
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    if (!req.log_path.empty()) {
-      posix_spawn_file_actions_addopen(&actions, 1, req.log_path.c_str(),
-                                       O_WRONLY | O_CREAT | O_APPEND, 0644);
-      posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    }
     // The child's thread pools (OpenMP, OpenBLAS) get the run's share of the threads too, so
     // parallel workers do not oversubscribe the cores.
     std::vector<std::string> env_s;
@@ -406,17 +453,62 @@ Launcher subprocess_launcher(std::string executable) {
     for (auto& e : env_s) envp.push_back(e.data());
     envp.push_back(nullptr);
 
-    pid_t pid = 0;
-    // posix_spawnp: a bare interpreter name ("python3") is looked up in PATH.
-    const int rc = posix_spawnp(&pid, executable.c_str(), &actions, nullptr, argv.data(), envp.data());
-    posix_spawn_file_actions_destroy(&actions);
-    TORCH_CHECK(rc == 0, "cannot start '", executable, "' for run ", req.run.name, ": ",
-                std::strerror(rc));
+    // fork + execve rather than posix_spawn, for PR_SET_PDEATHSIG: a study killed
+    // by SIGKILL must not leave its runs going on beside a rerun. The signal is
+    // sent when the forking thread ends; it is the worker that waits for this
+    // child, so it outlives it. A CLOEXEC pipe reports an exec failure.
+    const std::string path = resolve_executable(executable);
+    int pipe_fds[2];
+    TORCH_CHECK(::pipe2(pipe_fds, O_CLOEXEC) == 0, "cannot start '", executable, "' for run ",
+                req.run.name, ": pipe: ", std::strerror(errno));
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      // Child: async-signal-safe calls only.
+      int err = 0;
+      if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) ::_exit(127);
+      if (!req.log_path.empty()) {
+        const int fd = ::open(req.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd < 0 || ::dup2(fd, 1) < 0 || ::dup2(1, 2) < 0) err = errno;
+        if (fd > 2) ::close(fd);
+      }
+      // The study's handlers are reset by execve; its blocked set is not.
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      if (err == 0) {
+        ::execve(path.c_str(), argv.data(), envp.data());
+        err = errno;
+      }
+      const ssize_t ignored = ::write(pipe_fds[1], &err, sizeof(err));
+      (void)ignored;
+      ::_exit(127);
+    }
+    const int fork_err = errno;
+    ::close(pipe_fds[1]);
+    if (pid < 0) {
+      ::close(pipe_fds[0]);
+      TORCH_CHECK(false, "cannot start '", executable, "' for run ", req.run.name, ": fork: ",
+                  std::strerror(fork_err));
+    }
+    const size_t slot = register_child(pid);
+    // A stop signal that came between the worker's check and the registration.
+    if (g_forwarding.load() && g_study_stop.load() != 0) ::kill(pid, g_study_stop.load());
+    int exec_err = 0;
+    ssize_t n;
+    while ((n = ::read(pipe_fds[0], &exec_err, sizeof(exec_err))) < 0 && errno == EINTR) {
+    }
+    ::close(pipe_fds[0]);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0) {
-      TORCH_CHECK(errno == EINTR, "waitpid failed for run ", req.run.name, ": ",
-                  std::strerror(errno));
+      if (errno != EINTR) {
+        if (slot < kChildSlots) g_children[slot] = 0;
+        TORCH_CHECK(false, "waitpid failed for run ", req.run.name, ": ", std::strerror(errno));
+      }
     }
+    if (slot < kChildSlots) g_children[slot] = 0;
+    TORCH_CHECK(n <= 0, "cannot start '", executable, "' for run ", req.run.name, ": ",
+                std::strerror(exec_err));
     if (WIFEXITED(status)) return WEXITSTATUS(status);
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return 255;
@@ -490,10 +582,33 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
                       << std::flush;
   }
 
+  // SIGINT/SIGTERM: forwarded to the children, no new launches (see study.h).
+  struct StudySignals {
+    bool on;
+    struct sigaction old_int {}, old_term {};
+    explicit StudySignals(bool on_) : on(on_) {
+      if (!on) return;
+      g_study_stop = 0;
+      g_forwarding = true;
+      struct sigaction sa {};
+      sa.sa_handler = on_study_signal;
+      sigemptyset(&sa.sa_mask);
+      ::sigaction(SIGINT, &sa, &old_int);
+      ::sigaction(SIGTERM, &sa, &old_term);
+    }
+    ~StudySignals() {
+      if (!on) return;
+      ::sigaction(SIGINT, &old_int, nullptr);
+      ::sigaction(SIGTERM, &old_term, nullptr);
+      g_forwarding = false;
+    }
+    int received() const { return on ? g_study_stop.load() : 0; }
+  } signals(options.handle_signals);
+
   std::atomic<size_t> next{0};
   int64_t done = 0;
   auto work = [&]() {
-    for (size_t i = next++; i < pending.size(); i = next++) {
+    for (size_t i = next++; i < pending.size() && signals.received() == 0; i = next++) {
       const PendingRun& t = pending[i];
       // Without --resume the trainer replaces whatever an interrupted run left there.
       fs::create_directories(t.run.dir);
@@ -530,9 +645,17 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
                    ? fmt::format("FAILED (exit {}, see {})", rc, req.log_path)
                    : "FAILED (" + launch_error + ")";
       }
+      const int sig = signals.received();
+      const bool interrupted = !finished && sig != 0 &&
+                               (rc == kExitInterrupted || rc == 128 + SIGINT || rc == 128 + SIGTERM);
+      if (interrupted) what = fmt::format("interrupted (exit {}); rerun to resume", rc);
       std::lock_guard<std::mutex> lock(mu);
       if (t.resume) ++outcome.resumed; else ++outcome.launched;
-      if (!finished) outcome.failed.push_back(t.run.name);
+      if (interrupted) {
+        outcome.interrupted.push_back(t.run.name);
+      } else if (!finished) {
+        outcome.failed.push_back(t.run.name);
+      }
       ++done;
       if (options.progress) {
         const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
@@ -551,7 +674,9 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
   for (auto& th : pool) th.join();
 
   outcome.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  outcome.stop_signal = signals.received();
   std::sort(outcome.failed.begin(), outcome.failed.end());
+  std::sort(outcome.interrupted.begin(), outcome.interrupted.end());
   return outcome;
 }
 

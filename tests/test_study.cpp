@@ -4,6 +4,7 @@
 #include "test_support.h"
 
 #include "specopt/study.h"
+#include "specopt/trainer.h"
 
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>
@@ -21,7 +22,11 @@
 #include <set>
 #include <sstream>
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 namespace fs = std::filesystem;
 using specopt::RunStatus;
@@ -707,4 +712,89 @@ TEST(StudyEndToEnd, TinyStudyRunsResumesAndReports) {
   int lines = 0;
   for (std::string line; std::getline(curves, line);) ++lines;
   EXPECT_GE(lines, 1 + 2 * 4);
+}
+
+// ------------------------------------------------------ signals and orphans ---
+
+namespace {
+
+// Three long runs (one worker): long enough that a signal always finds the
+// first one running and the others not started.
+specopt::StudyConfig long_study(const fs::path& dir) {
+  const fs::path cfg_path = dir / "long.toml";
+  write_file(cfg_path, "[study]\nname = \"long\"\nvariants = [\"Adam\"]\nseeds = [0, 1, 2]\n"
+                       "workers = 1\nthreads = 1\nstudy_dir = \"" + (dir / "out").string() + "\"\n"
+                       "[study.lrs]\nAdam = [1e-3]\n\n"
+                       "[model]\nkind = \"mlp\"\nhidden = [16]\n\n"
+                       "[data]\nkind = \"fashion_mnist\"\ntrain_limit = 2048\nval_limit = 256\n\n"
+                       "[train]\nsteps = 100000\nbatch_size = 32\nwarmup_steps = 1\neval_every = 100000\n"
+                       "eval_batches = 2\nlog_every = 1\ncheckpoint_every = 0\n");
+  return specopt::load_study_config(cfg_path.string());
+}
+
+// The PID in RUN_DIR/lock once the run's trainer has started and logged a few steps, else 0.
+pid_t running_trainer(const specopt::StudyRun& run, double seconds = 60) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    const std::string lock = read_file(fs::path(run.dir) / "lock");
+    std::ifstream metrics(fs::path(run.dir) / "metrics.jsonl");
+    int rows = 0;
+    for (std::string line; std::getline(metrics, line);) ++rows;
+    if (!lock.empty() && rows >= 3) return static_cast<pid_t>(std::stol(lock));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return 0;
+}
+
+bool alive(pid_t pid) {
+  // Reparented children are reaped by init; a zombie counts as gone.
+  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  if (stat.empty()) return false;
+  const auto close = stat.rfind(')');
+  return close == std::string::npos || stat.substr(close + 2, 1) != "Z";
+}
+
+}  // namespace
+
+TEST(StudySignals, SigtermIsForwardedToTheRunAndNoNewRunStarts) {
+  const auto dir = scratch("sigterm");
+  const auto cfg = long_study(dir);
+  const auto plan = specopt::plan_study(cfg);
+  ASSERT_EQ(plan.size(), 3u);
+  const pid_t study = specopt::testing::spawn_cli({"study", (dir / "long.toml").string(), "--no-plots"},
+                                                  (dir / "study.log").string());
+  const pid_t child = running_trainer(plan[0]);
+  ASSERT_GT(child, 0) << read_file(dir / "study.log");
+  ::kill(study, SIGTERM);  // the study only: it must pass the signal on
+  EXPECT_EQ(specopt::testing::wait_exit_code(study), specopt::kExitInterrupted) << read_file(dir / "study.log");
+  EXPECT_NE(read_file(dir / "study.log").find("1 run(s) interrupted"), std::string::npos)
+      << read_file(dir / "study.log");
+  // The run checkpointed and stopped (exit 75), and it is resumable.
+  EXPECT_NE(read_file(fs::path(plan[0].dir) / "train.log").find("interrupted by signal 15"), std::string::npos)
+      << read_file(fs::path(plan[0].dir) / "train.log");
+  EXPECT_EQ(specopt::run_state(plan[0].dir), specopt::RunState::kPartial);
+  EXPECT_FALSE(alive(child));
+  // No other run was started.
+  for (size_t i = 1; i < plan.size(); ++i) EXPECT_FALSE(fs::exists(fs::path(plan[i].dir) / "metrics.jsonl"));
+}
+
+TEST(StudySignals, RunsDieWithAStudyKilledBySigkill) {
+  const auto dir = scratch("orphans");
+  const auto cfg = long_study(dir);
+  const auto plan = specopt::plan_study(cfg);
+  const pid_t study = specopt::testing::spawn_cli({"study", (dir / "long.toml").string(), "--no-plots"},
+                                                  (dir / "study.log").string());
+  const pid_t child = running_trainer(plan[0]);
+  ASSERT_GT(child, 0) << read_file(dir / "study.log");
+  ::kill(study, SIGKILL);
+  EXPECT_EQ(specopt::testing::wait_exit_code(study), -SIGKILL);
+  // PR_SET_PDEATHSIG = SIGTERM: the run checkpoints and ends within seconds
+  // (it had ~100 s of steps left).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (alive(child) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const bool orphan = alive(child);
+  if (orphan) ::kill(child, SIGKILL);
+  EXPECT_FALSE(orphan) << "specopt train " << child << " outlived its study";
+  EXPECT_EQ(specopt::run_state(plan[0].dir), specopt::RunState::kPartial);
 }

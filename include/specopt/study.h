@@ -115,6 +115,9 @@ using Launcher = std::function<int(const LaunchRequest&)>;
 // stdout/stderr appended to the request's log file, OMP_NUM_THREADS and OPENBLAS_NUM_THREADS set
 // to the request's threads (when > 0), and waits for it. A crash of the child is reported as
 // 128 + signal number; a child that cannot be started → c10::Error.
+// The child gets PR_SET_PDEATHSIG = SIGTERM: if the study dies (even by SIGKILL), its runs
+// checkpoint and stop instead of running on beside a rerun. While run_study handles signals
+// (StudyRunOptions::handle_signals), a SIGINT/SIGTERM of the study is forwarded to the children.
 Launcher subprocess_launcher(std::string executable);
 
 // This very binary (readlink /proc/self/exe): studies run the runs through their own CLI.
@@ -125,6 +128,11 @@ struct StudyRunOptions {
   Launcher launcher;              // empty: subprocess_launcher(executable)
   std::string executable;         // empty: self_executable()
   std::ostream* progress = nullptr;  // one line per finished run (+ ETA); nullptr = quiet
+  // Catch SIGINT/SIGTERM while the study runs: the signal is forwarded to the running
+  // children (which checkpoint and exit with kExitInterrupted), no new run is launched, and
+  // run_study returns with stop_signal set; a second signal is forwarded too and then exits
+  // the study at once. `specopt study` sets it.
+  bool handle_signals = false;
 };
 
 struct StudyOutcome {
@@ -133,6 +141,8 @@ struct StudyOutcome {
   int64_t launched = 0;           // started fresh
   int64_t resumed = 0;            // continued from a checkpoint
   std::vector<std::string> failed;  // runs whose process failed without writing summary.json
+  std::vector<std::string> interrupted;  // runs stopped by a forwarded signal (rerun to resume)
+  int stop_signal = 0;            // the signal that stopped the study (handle_signals), else 0
   double wall_s = 0.0;
 };
 
