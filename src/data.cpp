@@ -412,10 +412,29 @@ std::string default_cache_dir() {
   return ".specopt_cache";
 }
 
+namespace {
+// "<size> <crc32>" of a byte string: the KJV cache's check file.
+std::string size_and_crc(const std::string& bytes) {
+  const uLong crc = crc32_z(crc32_z(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), bytes.size());
+  return fmt::format("{} {:08x}\n", bytes.size(), static_cast<uint32_t>(crc));
+}
+std::string read_whole(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
 std::string kjv_text_file(const std::string& cache_dir) {
   const fs::path path = fs::path(cache_dir) / "kjv.txt";
+  const fs::path check = fs::path(cache_dir) / "kjv.txt.check";
   std::error_code ec;
-  if (fs::exists(path, ec) && fs::file_size(path, ec) > 0) return path.string();
+  // A cache is used only when it is what was written (size and CRC-32 of the
+  // check file); anything else (a truncated copy, no check file) is rebuilt.
+  if (fs::is_regular_file(path, ec) && fs::is_regular_file(check, ec)) {
+    const std::string expected = read_whole(check);
+    if (!expected.empty() && size_and_crc(read_whole(path)) == expected) return path.string();
+  }
   fs::create_directories(cache_dir, ec);
   TORCH_CHECK(!ec, "cannot create cache directory '", cache_dir, "': ", ec.message());
 
@@ -451,6 +470,16 @@ std::string kjv_text_file(const std::string& cache_dir) {
   }
   fs::rename(tmp, path, ec);
   TORCH_CHECK(!ec, "cannot rename '", tmp.string(), "' to '", path.string(), "': ", ec.message());
+  // The check file last: a crash in between leaves a cache that is rebuilt.
+  const fs::path check_tmp = fs::path(cache_dir) / fmt::format("kjv.txt.check.tmp.{}", ::getpid());
+  {
+    std::ofstream out(check_tmp, std::ios::binary | std::ios::trunc);
+    out << size_and_crc(text);
+    out.close();
+    TORCH_CHECK(out, "error writing '", check_tmp.string(), "'");
+  }
+  fs::rename(check_tmp, check, ec);
+  TORCH_CHECK(!ec, "cannot rename '", check_tmp.string(), "' to '", check.string(), "': ", ec.message());
   return path.string();
 }
 
@@ -504,13 +533,15 @@ at::Tensor read_idx(const std::string& path) {
   TORCH_CHECK(n >= header, "'", path, "': truncated IDX header (", n, " bytes, rank ", rank,
               " needs ", header, ")");
   std::vector<int64_t> dims(rank);
-  uint64_t count = 1;
   for (int64_t i = 0; i < rank; ++i) {
     const uint8_t* b = bytes.data() + 4 + 4 * i;  // big-endian uint32
     dims[i] = (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | b[3];
-    TORCH_CHECK(dims[i] > 0, "'", path, "': dimension ", i, " is 0");
-    count *= static_cast<uint64_t>(dims[i]);
-    TORCH_CHECK(count <= n, "'", path, "': dimensions ", at::IntArrayRef(dims).slice(0, i + 1),
+  }
+  uint64_t count = 1;
+  for (int64_t i = 0; i < rank; ++i) {
+    TORCH_CHECK(dims[i] > 0, "'", path, "': dimension ", i, " of ", at::IntArrayRef(dims), " is 0");
+    const bool overflow = __builtin_mul_overflow(count, static_cast<uint64_t>(dims[i]), &count);
+    TORCH_CHECK(!overflow && count <= n, "'", path, "': dimensions ", at::IntArrayRef(dims),
                 " need more bytes than the file has (", n, "): truncated");
   }
   const size_t payload = n - header;
@@ -544,6 +575,13 @@ ImageDataset load_idx(const std::string& images_path, const std::string& labels_
                  .div_(normalization.std)
                  .unsqueeze(1);
   d.labels = labels.to(at::kLong);
+  // A bad label would otherwise surface only when a batch hits it, with
+  // neither the file nor the position ("Target 200 is out of bounds.").
+  const at::Tensor bad = (d.labels >= kImageClasses).nonzero();
+  TORCH_CHECK(bad.numel() == 0, "'", labels_path, "': label ",
+              bad.numel() ? d.labels[bad[0][0].item<int64_t>()].item<int64_t>() : 0, " at index ",
+              bad.numel() ? bad[0][0].item<int64_t>() : 0, " lies outside [0, ", kImageClasses - 1, "] (",
+              bad.size(0), " bad label(s))");
   return d;
 }
 

@@ -366,6 +366,22 @@ struct Trainer::Impl {
   std::pair<at::Tensor, at::Tensor> next_train_batch() {
     return token_sampler ? token_sampler->next() : image_sampler->next();
   }
+
+  // Validation batches of batch_size / grad_accum examples (before
+  // train.eval_batches); an error naming the data if there is not one.
+  int64_t validation_batches() const {
+    const auto& c = config;
+    const int64_t micro = c.train.batch_size / c.train.grad_accum;
+    const int64_t n = token_sampler ? token_val.num_sequential_batches(micro, c.model.block_size)
+                                    : image_val.num_batches(micro);
+    TORCH_CHECK(n > 0, "the validation set ",
+                token_sampler ? "'" + token_val.name() + "' (" + std::to_string(token_val.size()) + " tokens)"
+                              : "of '" + (c.data.path.empty() ? std::string("fashion_mnist()") : c.data.path) + "'",
+                " is too small for one batch of ", micro, " examples",
+                token_sampler ? " of block_size " + std::to_string(c.model.block_size) + " tokens" : "",
+                " (data.val_limit = ", c.data.val_limit, ")");
+    return n;
+  }
 };
 
 Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_unique<Impl>()) {
@@ -413,6 +429,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
     m.items_per_example = c.model.block_size;
     m.unit = "tokens";
   }
+  m.validation_batches();  // a validation set too small for one batch fails here, not at the first eval
 
   // Model: initialised from the global generator, seeded here.
   torch::manual_seed(static_cast<uint64_t>(c.run.seed));
@@ -629,11 +646,7 @@ double Trainer::evaluate() {
   torch::NoGradGuard no_grad;
   m.module->eval();
   const int64_t micro = c.train.batch_size / c.train.grad_accum;
-  int64_t n = m.token_sampler ? m.token_val.num_sequential_batches(micro, c.model.block_size)
-                              : m.image_val.num_batches(micro);
-  TORCH_CHECK(n > 0, "the validation set is too small for one batch of ", micro, " examples",
-              m.token_sampler ? " of block_size " + std::to_string(c.model.block_size) + " tokens" : "",
-              " (data.val_limit = ", c.data.val_limit, ")");
+  int64_t n = m.validation_batches();
   if (c.train.eval_batches > 0) n = std::min(n, c.train.eval_batches);
   // Batches are dealt round-robin to the ranks; (loss sum, example count) is summed.
   at::Tensor sums = torch::zeros({2}, torch::kFloat64);

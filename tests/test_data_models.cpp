@@ -491,6 +491,49 @@ TEST(Kjv, CorpusIsCachedAndSplit) {
   EXPECT_EQ(val_head, "Acts");
 }
 
+// Issue 13, item 6: data files are validated at load, and errors name the file.
+TEST(Idx, LabelsOutsideTheClassesFailAtLoadNamingFileAndIndex) {
+  TempDir dir;
+  write_file(dir.file("images"), idx_bytes({5, 2, 2}, Bytes(20, 7)));
+  write_file(dir.file("labels"), idx_bytes({5}, {1, 9, 0, 200, 10}));
+  expect_error([&] { specopt::load_idx(dir.file("images"), dir.file("labels")); },
+               {"'" + dir.file("labels") + "': label 200 at index 3 lies outside [0, 9] (2 bad label(s))"});
+}
+
+TEST(Idx, DimensionErrorsShowEveryDimension) {
+  TempDir dir;
+  write_file(dir.file("short"), idx_bytes({10, 28, 28}, Bytes(100, 1)));
+  expect_error([&] { specopt::read_idx(dir.file("short")); }, {dir.file("short"), "[10, 28, 28]", "truncated"});
+  write_file(dir.file("huge"), idx_bytes({4000000000u, 4000000000u, 4000000000u}, Bytes(8, 1)));
+  expect_error([&] { specopt::read_idx(dir.file("huge")); },
+               {dir.file("huge"), "[4000000000, 4000000000, 4000000000]", "truncated"});
+}
+
+TEST(Kjv, ATruncatedCacheIsDetectedAndRebuilt) {
+  if (std::system("command -v bible >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "`bible` (Debian package bible-kjv) not installed";
+  }
+  TempDir dir;
+  const std::string path = specopt::kjv_text_file(dir.file("cache"));
+  const Bytes full = read_file(path);
+  ASSERT_GT(full.size(), 4000000u);
+  // Half a cache (an interrupted copy, a full disk) must not be trained on.
+  write_file(path, Bytes(full.begin(), full.begin() + full.size() / 2));
+  EXPECT_EQ(specopt::kjv_text_file(dir.file("cache")), path);
+  EXPECT_EQ(read_file(path), full);
+  // Same size, one byte changed: the CRC-32 catches it.
+  Bytes edited = full;
+  edited[1000] ^= 1;
+  write_file(path, edited);
+  specopt::kjv_text_file(dir.file("cache"));
+  EXPECT_EQ(read_file(path), full);
+  // A cache without its check file (an older specopt, a hand copy) is rebuilt too.
+  fs::remove(dir.file("cache/kjv.txt.check"));
+  write_file(path, Bytes(full.begin(), full.begin() + 1000));
+  specopt::kjv_text_file(dir.file("cache"));
+  EXPECT_EQ(read_file(path), full);
+}
+
 // ---------------------------------------------------------------- batching
 
 TEST(Batches, TargetsAreInputsShiftedByOne) {

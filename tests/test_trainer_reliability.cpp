@@ -343,4 +343,20 @@ TEST(CheckpointReading, NonRegularFilesAreRefusedByName) {
   }
 }
 
+// ---- item 6: data errors name the data ----------------------------------------------------
+
+TEST(DataErrors, AValidationSetTooSmallFailsAtConstructionNamingTheFile) {
+  TrainConfig c;
+  for (const char* o : {"model.kind=gpt", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+                        "model.block_size=32", "data.kind=kjv", "data.val_limit=40", "train.batch_size=8",
+                        "run.threads=1"})
+    specopt::apply_override(c, o);
+  const std::string e = error_of([&] { specopt::Trainer t(c); });
+  EXPECT_NE(e.find("the validation set '"), std::string::npos) << e;
+  // The name is the file and the slices taken of it: kjv.txt[train end:size][0:40].
+  EXPECT_NE(e.find("kjv.txt["), std::string::npos) << e;
+  EXPECT_NE(e.find("][0:40]' (40 tokens) is too small for one batch of 8 examples of block_size 32"),
+            std::string::npos) << e;
+}
+
 }  // namespace

@@ -129,8 +129,10 @@ std::string default_cache_dir();
 
 // The King James Bible text as printed by Debian's `bible` (package
 // bible-kjv): `bible -f "Gen1:1-Rev22:21"`, one verse a line ("Ge1:1 In the
-// beginning ..."), ~4.4 MB. Run once and cached as <cache_dir>/kjv.txt;
-// returns that path. Clear error if `bible` is missing or fails.
+// beginning ..."), ~4.4 MB. Run once and cached as <cache_dir>/kjv.txt,
+// with <cache_dir>/kjv.txt.check ("<size> <crc32>") beside it; a cache whose
+// size or CRC-32 does not match (truncated, edited) or that has no check file
+// is regenerated. Returns that path. Clear error if `bible` is missing or fails.
 std::string kjv_text_file(const std::string& cache_dir = default_cache_dir());
 // The default corpus: bytes of kjv_text_file, split with
 // split_train_val(data, 0.1, '\n'): validation = the last 10 % of bytes,
@@ -177,11 +179,16 @@ struct ImageNormalization {
   double std = 0.3530;
 };
 
+// The classes of the image data (the width of the models' output layer).
+constexpr int64_t kImageClasses = 10;
+
 // One IDX file (LeCun's MNIST format) of unsigned bytes (type code 0x08):
 // returns a uint8 tensor of the stored dimensions. gzip-compressed or plain
 // (zlib reads both).
 at::Tensor read_idx(const std::string& path);
 // An image file (3-D: N, H, W) and a label file (1-D: N) → ImageDataset.
+// Labels must lie in [0, kImageClasses) (checked at load: the error names the
+// file and the first bad label's index).
 ImageDataset load_idx(const std::string& images_path, const std::string& labels_path,
                       const ImageNormalization& normalization = {});
 // (train, test) from <dir>/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
