@@ -22,7 +22,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -302,29 +304,51 @@ TEST(DiskFull, AFailedAtomicWriteLeavesNoTmpAndTheOldFile) {
   EXPECT_EQ(slurp(path), "old");
 }
 
-TEST(DiskFull, AMetricsWriteThatFailsStopsTheRunAndLeavesNoTmp) {
-  // The CLI with a 16 KB file size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes
-  // past it fail with EFBIG, as on a full disk). metrics.jsonl reaches it after
-  // ~100 rows; the run must stop there with an error, try a checkpoint (too
-  // large for the limit as well) and leave no checkpoint.pt.tmp.
-  const std::string dir = test_dir();
+// Runs the CLI on `run` (2000 steps, a checkpoint due at 1000, a metrics row
+// per step) and expects it to stop at the first metrics line that cannot be
+// written, with `error` in the message, after trying a checkpoint that does not
+// fit either, leaving whole lines and no checkpoint.pt.tmp.
+void expect_stop_at_full_metrics(const std::string& dir, const std::string& run, const std::string& error,
+                                 const std::function<void()>& in_child = {}) {
   const std::string config = write_config(dir, mlp({"train.steps=2000", "train.eval_every=1000",
                                                     "train.checkpoint_every=1000"}));
-  const std::string run = dir + "/run";
-  const int rc = wait_exit_code(spawn_cli({"train", config, "--run-dir", run, "--quiet"}, dir + "/log", [] {
-    ::signal(SIGXFSZ, SIG_IGN);
-    struct rlimit limit {16384, 16384};
-    ::setrlimit(RLIMIT_FSIZE, &limit);
-  }));
+  const int rc = wait_exit_code(spawn_cli({"train", config, "--run-dir", run, "--quiet"}, dir + "/log", in_child));
   const std::string log = slurp(dir + "/log");
   EXPECT_EQ(rc, 1) << log;
-  EXPECT_NE(log.find("cannot write '" + run + "/metrics.jsonl': File too large"), std::string::npos) << log;
+  EXPECT_NE(log.find("cannot write '" + run + "/metrics.jsonl': " + error), std::string::npos) << log;
   EXPECT_NE(log.find("the checkpoint could not be written either"), std::string::npos) << log;
   EXPECT_FALSE(fs::exists(run + "/checkpoint.pt.tmp"));
   EXPECT_FALSE(fs::exists(run + "/summary.json"));
   const auto rows = read_jsonl(run + "/metrics.jsonl");  // whole lines only
   ASSERT_GT(rows.size(), 10u);
   EXPECT_LT(rows.back()["step"].get<int64_t>(), 1000);
+}
+
+TEST(DiskFull, AMetricsWriteThatFailsStopsTheRunAndLeavesNoTmp) {
+  // A 16 KB file size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes past it
+  // fail with EFBIG, as on a full disk; no privileges needed). metrics.jsonl
+  // reaches it after ~100 rows; the checkpoint (~300 KB) is over it too.
+  const std::string dir = test_dir();
+  expect_stop_at_full_metrics(dir, dir + "/run", "File too large", [] {
+    ::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit limit {16384, 16384};
+    ::setrlimit(RLIMIT_FSIZE, &limit);
+  });
+}
+
+TEST(DiskFull, OnATwelveKilobyteTmpfs) {
+  // The issue's own setting, where mounting is allowed (root with
+  // CAP_SYS_ADMIN): a real ENOSPC.
+  const std::string dir = test_dir();
+  const std::string mnt = dir + "/tmpfs";
+  fs::create_directories(mnt);
+  if (std::system(("mount -t tmpfs -o size=12k tmpfs '" + mnt + "' 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)";
+  struct Unmount {
+    std::string path;
+    ~Unmount() { EXPECT_EQ(std::system(("umount '" + path + "'").c_str()), 0); }
+  } unmount{mnt};
+  expect_stop_at_full_metrics(dir, mnt + "/run", "No space left on device");
 }
 
 // ---- item 7: checkpoint reading ------------------------------------------------------------
