@@ -609,34 +609,54 @@ StepStats Trainer::step() {
 
 std::string Trainer::first_non_finite_state() const {
   const auto& m = *impl_;
-  // (name, tensor) of every weight and optimizer state tensor; one stacked
-  // reduction so a step costs one device sync.
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  for (const auto& kv : m.module->named_parameters()) tensors.emplace_back("weight '" + kv.key() + "'", kv.value());
-  size_t n_optimizer = 0;
-  for (auto* opt : m.optimizer->optimizers()) {
-    for (const auto& kv : opt->state()) {
+  // Every weight, then every optimizer state tensor. Per tensor one
+  // aminmax (NaN propagates through min and max, +Inf shows in the max, -Inf
+  // in the min; no accumulation, so no overflow of large finite values), then
+  // one isfinite over all the extremes: one device sync per step, and names
+  // are only built for the message.
+  struct StateTensor {
+    at::Tensor t;
+    size_t optimizer;
+    const char* field;
+  };
+  std::vector<StateTensor> state;
+  for (size_t k = 0; k < m.optimizer->optimizers().size(); ++k) {
+    for (const auto& kv : m.optimizer->optimizers()[k]->state()) {
       const auto* st = kv.second.get();
-      const std::string name = "optimizer state " + std::to_string(n_optimizer) + "/" + std::to_string(tensors.size());
       if (const auto* a = dynamic_cast<const SpectralAdamWParamState*>(st)) {
-        tensors.emplace_back(name + " (exp_avg)", a->exp_avg());
-        tensors.emplace_back(name + " (exp_avg_sq)", a->exp_avg_sq());
+        state.push_back({a->exp_avg(), k, "exp_avg"});
+        state.push_back({a->exp_avg_sq(), k, "exp_avg_sq"});
       } else if (const auto* g = dynamic_cast<const SpectralSGDParamState*>(st)) {
-        tensors.emplace_back(name + " (momentum_buffer)", g->momentum_buffer());
+        state.push_back({g->momentum_buffer(), k, "momentum_buffer"});
       }
     }
-    ++n_optimizer;
   }
-  std::vector<at::Tensor> flags;
-  for (const auto& [name, t] : tensors)
-    if (t.defined() && t.numel() > 0) flags.push_back(t.detach().isfinite().all().reshape({1}));
-    else flags.push_back(torch::ones({1}, torch::TensorOptions().dtype(torch::kBool).device(m.device)));
-  if (flags.empty()) return "";
-  const at::Tensor ok = at::cat(flags).cpu();
-  if (ok.all().item<bool>()) return "";
-  const bool* f = ok.data_ptr<bool>();
-  for (size_t i = 0; i < tensors.size(); ++i)
-    if (!f[i]) return tensors[i].first;
+  const size_t n_params = m.params.size();
+  auto tensor = [&](size_t i) -> const at::Tensor& { return i < n_params ? m.params[i] : state[i - n_params].t; };
+  std::vector<at::Tensor> extremes;
+  std::vector<size_t> index;  // extremes[j] belongs to tensor(index[j])
+  for (size_t i = 0; i < n_params + state.size(); ++i) {
+    const at::Tensor& t = tensor(i);
+    if (!t.defined() || t.numel() == 0) continue;
+    auto mm = at::aminmax(t.detach());
+    extremes.push_back(at::stack({std::get<0>(mm), std::get<1>(mm)}).to(torch::kFloat32));
+    index.push_back(i);
+  }
+  if (extremes.empty()) return "";
+  const at::Tensor finite = at::isfinite(at::stack(extremes)).all(1).cpu();
+  if (finite.all().item<bool>()) return "";
+  const bool* f = finite.data_ptr<bool>();
+  for (size_t j = 0; j < index.size(); ++j) {
+    if (f[j]) continue;
+    const size_t i = index[j];
+    if (i < n_params) {
+      for (const auto& kv : m.module->named_parameters())
+        if (kv.value().is_same(m.params[i])) return "weight '" + kv.key() + "'";
+      return "weight " + std::to_string(i);
+    }
+    const auto& s = state[i - n_params];
+    return c10::str("optimizer state '", s.field, "' of optimizer ", s.optimizer, " (shape ", s.t.sizes(), ")");
+  }
   return "";
 }
 
