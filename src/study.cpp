@@ -467,6 +467,10 @@ Launcher subprocess_launcher(std::string executable) {
       // Child: async-signal-safe calls only.
       int err = 0;
       if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) ::_exit(127);
+      // Its own process group: a Ctrl-C at the terminal reaches the study only,
+      // which forwards it once (a run that got it twice would exit at once,
+      // without its checkpoint).
+      ::setpgid(0, 0);
       if (!req.log_path.empty()) {
         const int fd = ::open(req.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd < 0 || ::dup2(fd, 1) < 0 || ::dup2(1, 2) < 0) err = errno;

@@ -798,3 +798,20 @@ TEST(StudySignals, RunsDieWithAStudyKilledBySigkill) {
   EXPECT_FALSE(orphan) << "specopt train " << child << " outlived its study";
   EXPECT_EQ(specopt::run_state(plan[0].dir), specopt::RunState::kPartial);
 }
+
+TEST(StudySignals, CtrlCAtTheTerminalReachesEachRunOnce) {
+  // A terminal sends SIGINT to the whole foreground process group. The runs
+  // sit in their own groups, so each gets the study's forwarded SIGINT only
+  // (two would make it exit at once, without a checkpoint).
+  const auto dir = scratch("ctrl_c");
+  const auto cfg = long_study(dir);
+  const auto plan = specopt::plan_study(cfg);
+  const pid_t study = specopt::testing::spawn_cli({"study", (dir / "long.toml").string(), "--no-plots"},
+                                                  (dir / "study.log").string(), [] { ::setpgid(0, 0); });
+  ASSERT_GT(running_trainer(plan[0]), 0) << read_file(dir / "study.log");
+  ::kill(-study, SIGINT);  // the study's process group, as Ctrl-C
+  EXPECT_EQ(specopt::testing::wait_exit_code(study), specopt::kExitInterrupted) << read_file(dir / "study.log");
+  EXPECT_NE(read_file(fs::path(plan[0].dir) / "train.log").find("interrupted by signal 2"), std::string::npos)
+      << read_file(fs::path(plan[0].dir) / "train.log");
+  EXPECT_EQ(specopt::run_state(plan[0].dir), specopt::RunState::kPartial);
+}
