@@ -400,7 +400,8 @@ at::Tensor paper_power(const at::Tensor& X, double p, SpectralInfo* info) {
 at::Tensor paper_polar(const at::Tensor& O, at::ScalarType compute, SpectralInfo* info) {
   const int64_t rows = O.size(-2), cols = O.size(-1);
   // x = c(O) / (‖O‖_F + 1e-7): the norm in O's own dtype, the divisor then
-  // rounded to the compute dtype c.
+  // rounded to the compute dtype c (as PyTorch divides a bfloat16 tensor by a
+  // 0-dim float32 tensor; docs/transform.md).
   const at::Tensor norm = at::linalg_norm(O, "fro", {-2, -1}, /*keepdim=*/true) + 1e-7;
   at::Tensor x = O.to(compute) / norm.to(compute);
   // The wide orientation (rows > cols: transpose), so G = x xᵀ is the smaller Gram matrix.
