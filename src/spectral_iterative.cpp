@@ -408,6 +408,8 @@ at::Tensor paper_polar(const at::Tensor& O, at::ScalarType compute, SpectralInfo
   const bool tall = rows > cols;
   if (tall) x = x.transpose(-2, -1);
   x = x.contiguous();
+  // Not quintic_newton_schulz: that one works on the tall side with c·(A·A),
+  // which rounds differently in bfloat16.
   const auto [a, b, c] = kMuonCoefficients;
   for (int64_t i = 0; i < kPaperIterations; ++i) {
     // x ← a·x + ((b·G) + (c·G)·G)·x: the scheme's (b·G)·x + ((c·G)·G)·x with
