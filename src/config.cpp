@@ -76,6 +76,7 @@ void visit_fields(Config& c, Visitor&& v) {
   v("optim.method", c.optim.method);
   v("optim.scale", c.optim.scale);
   v("optim.split_rows", c.optim.split_rows);
+  v("optim.split_rows_by_shape", c.optim.split_rows_by_shape);
   v("optim.split_rows_blocks", c.optim.split_rows_blocks);
   v("optim.spectral_tol", c.optim.spectral_tol);
   v("optim.ns_steps", c.optim.ns_steps);

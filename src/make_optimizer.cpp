@@ -184,7 +184,11 @@ std::unique_ptr<SpectralOptimizer> make_optimizer(
   for (const auto& [name, w] : named_parameters) {
     TORCH_CHECK(w.defined(), "make_optimizer: parameter '", name, "' is undefined");
     TORCH_CHECK(seen.insert(name).second, "make_optimizer: duplicate parameter name '", name, "'");
-    Part& part = w.dim() < 2 ? vectors : (matches_any(name, spec.split_rows_patterns) ? split : matrices);
+    // The shape rule: rows (dim 0) = split_rows_blocks × cols (the other dims together).
+    const bool split_by_shape = spec.split_rows_by_shape && w.dim() >= 2 && w.numel() > 0 &&
+                                w.size(0) == spec.split_rows_blocks * (w.numel() / w.size(0));
+    const bool split_it = split_by_shape || matches_any(name, spec.split_rows_patterns);
+    Part& part = w.dim() < 2 ? vectors : (split_it ? split : matrices);
     part.params.push_back(w);
     part.names.push_back(name);
   }

@@ -22,10 +22,14 @@ at::Tensor eigh_power(const at::Tensor& X, double p, const SpectralOptions& o, S
 at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o, SpectralInfo* info);
 at::Tensor newton_schulz_power(const at::Tensor& X, double p, const SpectralOptions& o,
                                SpectralInfo* info);
-// rows/cols: O's shape as given (before transposition), for the study's
-// p = 0 shape scale.
-at::Tensor paper_power(const at::Tensor& X, double p, const SpectralOptions& o, SpectralInfo* info,
-                       int64_t rows, int64_t cols);
+// paper at p ∈ {½, ¼} (other p: an error); X as for the kernels above, except
+// that a wide X is not transposed (the scheme's own rule: W·X with the Gram XXᵀ).
+at::Tensor paper_power(const at::Tensor& X, double p, SpectralInfo* info);
+// paper at p = 0 follows its own rules: it receives O as given (finite, any
+// orientation, its own dtype and scale; the dispatch has only rescaled a matrix
+// whose largest |entry| lies outside [2^-40, 2^40]), computes in `compute` on
+// the wide orientation and returns max(1, rows/cols)^½ Ψ_0(O) in O's dtype.
+at::Tensor paper_polar(const at::Tensor& O, at::ScalarType compute, SpectralInfo* info);
 
 // Shared pre/post-processing: method resolution, dtype, orientation,
 // scaling; then calls the kernel.

@@ -260,43 +260,77 @@ at::Tensor quintic_newton_schulz(at::Tensor X, int64_t steps, NsCoefficients set
 }
 
 // ---------------------------------------------------------------------------
-// paper: the published study's scheme.
+// paper: the published study's scheme (arXiv 2602.04669), operation for
+// operation; docs/transform.md ("paper") states it step by step. Products whose
+// value is known exactly (I·M = M) or never used (the root a run does not
+// return, in its last iteration) are skipped: the results are unchanged.
 // ---------------------------------------------------------------------------
-constexpr int64_t kPaperIterations = 15;
-constexpr int64_t kPaperNsSteps = 15;
+constexpr int64_t kPaperIterations = 15;  // coupled iteration, and Muon's quintic
+// Symmetrise after the iterations with zero-based index i > 0, i mod k = 0
+// (i = 5, 10), and after the last; k = max(1, min(15 / 3, 5)) = 5.
+constexpr int64_t kPaperSymmetriseEvery = std::max<int64_t>(1, std::min<int64_t>(kPaperIterations / 3, 5));
 
-// Coupled Newton–Schulz for (A^{1/2}, A^{-1/2}): ridge (1e-6 + 1e-4 tr(A)/n) I,
-// Y₀ = A/‖A‖_F, Z₀ = I; 15 × { T = ½(3I - ZY), Y ← YT, Z ← TZ }, symmetrised
-// after iterations 5 and 10 and at the end; undo the normalisation.
-std::pair<at::Tensor, at::Tensor> paper_sqrt_invsqrt(const at::Tensor& A0, SpectralInfo* info) {
-  const double n = static_cast<double>(A0.size(-1));
+enum class PaperRoot { kSqrt, kInvSqrt };
+
+// The coupled Newton–Schulz iteration on a symmetric A (n×n):
+//   A ← A + (1e-6 + 1e-4 tr(A)/n) I,   s = ‖A‖_F,   Y = A/s,   Z = I;
+//   15 × { T = ½(3I − ZY),  Y ← YT,  Z ← TZ }   (Y → (A/s)^{1/2}, Z → (A/s)^{-1/2}),
+//   symmetrised as above; returns √s·Y (kSqrt) or Z/√s (kInvSqrt).
+at::Tensor paper_coupled(const at::Tensor& A0, PaperRoot want, SpectralInfo* info) {
+  const auto n = static_cast<double>(A0.size(-1));
   const at::Tensor I = identity_like(A0);
-  const at::Tensor ridge =
-      (A0.diagonal(0, -2, -1).sum(-1) * (1e-4 / n) + 1e-6).unsqueeze(-1).unsqueeze(-1);
+  const at::Tensor ridge = (A0.diagonal(0, -2, -1).sum(-1) * 1e-4 / n + 1e-6).unsqueeze(-1).unsqueeze(-1);
   const at::Tensor A = A0 + I * ridge;
-  const at::Tensor norm = at::linalg_norm(A, "fro", {-2, -1}, /*keepdim=*/true);
-  at::Tensor Y = A / norm, Z = I.expand_as(A);
-  for (int64_t i = 1; i <= kPaperIterations; ++i) {
-    const at::Tensor T = (I * 3.0 - counted_matmul(Z, Y, info)) * 0.5;
-    Y = counted_matmul(Y, T, info);
-    Z = counted_matmul(T, Z, info);
-    if (i == 5 || i == 10 || i == kPaperIterations) {
+  const at::Tensor s = at::linalg_norm(A, "fro", {-2, -1}, /*keepdim=*/true);
+  at::Tensor Y = A / s, Z;  // Z undefined = I
+  for (int64_t i = 0; i < kPaperIterations; ++i) {
+    const bool last = i == kPaperIterations - 1;
+    // T = ½(3I − ZY) as 1.5I − 0.5ZY: the same value (scaling by ½ is exact).
+    const at::Tensor T = at::add(I * 1.5, Z.defined() ? counted_matmul(Z, Y, info) : Y, -0.5);
+    if (!(last && want == PaperRoot::kInvSqrt)) Y = counted_matmul(Y, T, info);
+    if (!(last && want == PaperRoot::kSqrt)) Z = Z.defined() ? counted_matmul(T, Z, info) : T;
+    if ((i > 0 && i % kPaperSymmetriseEvery == 0) || last) {
       Y = symmetrize(Y);
-      Z = symmetrize(Z);
+      if (Z.defined()) Z = symmetrize(Z);
     }
   }
   info->iterations += kPaperIterations;
-  const at::Tensor root = norm.sqrt();
-  return {Y * root, Z / root};
+  const at::Tensor root = s.sqrt();
+  return want == PaperRoot::kSqrt ? Y * root : Z / root;
 }
 
-// Ψ_½(X) = X (XᵀX)^{-1/4}, the inverse fourth root as the inverse square
-// root of the square root (the coupled iteration applied twice).
+// Ψ_½(X) = X W with W = (XᵀX)^{-1/4} for tall X (rows ≥ cols), W X with
+// W = (XXᵀ)^{-1/4} for wide X: Z₁ = G^{-1/2} by one coupled run, then
+// W = Y₂ = Z₁^{1/2} by a second run on Z₁ (each run ridges its own input).
 at::Tensor paper_half(const at::Tensor& X, SpectralInfo* info) {
-  const at::Tensor A = counted_matmul(X.transpose(-2, -1), X, info);
-  const at::Tensor S = paper_sqrt_invsqrt(A, info).first;
-  const at::Tensor W = paper_sqrt_invsqrt(S, info).second;
-  return counted_matmul(X, W, info);
+  const bool tall = X.size(-2) >= X.size(-1);
+  const at::Tensor Xt = X.transpose(-2, -1);
+  const at::Tensor G = tall ? counted_matmul(Xt, X, info) : counted_matmul(X, Xt, info);
+  const at::Tensor Z1 = paper_coupled(G, PaperRoot::kInvSqrt, info);
+  const at::Tensor Y2 = paper_coupled(Z1, PaperRoot::kSqrt, info);
+  return tall ? counted_matmul(X, Y2, info) : counted_matmul(Y2, X, info);
+}
+
+// s: per-matrix largest |entry| (NaN/Inf propagate into it).
+void check_finite_input(const at::Tensor& s, const at::Tensor& O, const SpectralOptions& o) {
+  if (o.check_finite()) {
+    TORCH_CHECK(at::isfinite(s).all().item<bool>(), "spectral_power: input contains NaN or Inf (shape ",
+                O.sizes(), ")");
+  }
+}
+
+void check_finite_result(const at::Tensor& Y, Method method, double p, const at::Tensor& O) {
+  TORCH_CHECK(at::isfinite(Y.abs().amax()).item<bool>(), "spectral_power: method '", method_name(method),
+              "' produced a non-finite result (p = ", p, ", shape ", O.sizes(), ")");
+}
+
+// `paper` is not scale-invariant (absolute terms 1e-6 in its ridge and 1e-7 in
+// its normalisation), so to reproduce it an input keeps its own scale: the
+// per-matrix scale s (largest |entry|, non-zero) becomes 1 unless it lies
+// outside [2^-40, 2^40], where the float32 Gram matrix would under/overflow.
+at::Tensor paper_rescale(const at::Tensor& s) {
+  const double lo = std::ldexp(1.0, -40), hi = std::ldexp(1.0, 40);
+  return at::where((s >= lo) & (s <= hi), at::ones_like(s), s);
 }
 
 Method resolve_auto(const at::Tensor& O, double p, const SpectralOptions& o) {
@@ -356,18 +390,39 @@ at::Tensor newton_schulz_power(const at::Tensor& X, double p, const SpectralOpti
   return quintic_newton_schulz(X, o.ns_steps(), o.ns_coefficients(), info);
 }
 
-at::Tensor paper_power(const at::Tensor& X, double p, const SpectralOptions& o, SpectralInfo* info,
-                       int64_t rows, int64_t cols) {
-  if (p == 0.0) {
-    // 15 quintic Muon steps, then the study's shape scale max(1, rows/cols)^½
-    // (rows/cols of O as given, before any transposition).
-    const at::Tensor Y = quintic_newton_schulz(X, kPaperNsSteps, NsCoefficients::kMuon, info);
-    return Y * std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
-  }
+at::Tensor paper_power(const at::Tensor& X, double p, SpectralInfo* info) {
   if (p == 0.5) return paper_half(X, info);
-  if (p == 0.25) return paper_half(paper_half(X, info), info);
+  if (p == 0.25) return paper_half(paper_half(X, info), info);  // Ψ_¼ = Ψ_½ ∘ Ψ_½
   TORCH_CHECK_VALUE(false, "spectral_power: method 'paper' supports only p in {0, 0.25, 0.5, 1}, got p = ",
               p, "; use newton, eigh or svd for other p");
+}
+
+at::Tensor paper_polar(const at::Tensor& O, at::ScalarType compute, SpectralInfo* info) {
+  const int64_t rows = O.size(-2), cols = O.size(-1);
+  // x = c(O) / (‖O‖_F + 1e-7): the norm in O's own dtype, the divisor then
+  // rounded to the compute dtype c (as PyTorch divides a bfloat16 tensor by a
+  // 0-dim float32 tensor; docs/transform.md).
+  const at::Tensor norm = at::linalg_norm(O, "fro", {-2, -1}, /*keepdim=*/true) + 1e-7;
+  at::Tensor x = O.to(compute) / norm.to(compute);
+  // The wide orientation (rows > cols: transpose), so G = x xᵀ is the smaller Gram matrix.
+  const bool tall = rows > cols;
+  if (tall) x = x.transpose(-2, -1);
+  x = x.contiguous();
+  // Not quintic_newton_schulz: that one works on the tall side with c·(A·A),
+  // which rounds differently in bfloat16.
+  const auto [a, b, c] = kMuonCoefficients;
+  for (int64_t i = 0; i < kPaperIterations; ++i) {
+    // x ← a·x + ((b·G) + (c·G)·G)·x: the scheme's (b·G)·x + ((c·G)·G)·x with
+    // the common factor x applied once (3 products per step, as Muon).
+    const at::Tensor G = counted_matmul(x, x.transpose(-2, -1), info);
+    const at::Tensor B = G * b + counted_matmul(G * c, G, info);
+    x = x * a + counted_matmul(B, x, info);
+  }
+  info->iterations += kPaperIterations;
+  if (tall) x = x.transpose(-2, -1);
+  // Back to O's dtype, then the shape scale max(1, rows/cols)^½.
+  return x.to(O.scalar_type(), /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous) *
+         std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
 }
 
 at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, SpectralInfo* info) {
@@ -389,8 +444,20 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
   }
   TORCH_CHECK_VALUE(at::isFloatingType(compute),
               "spectral_power: compute_dtype must be a floating-point type, got ", compute);
-  // Work on the tall orientation so the Gram matrix is the smaller one.
-  const bool wide = O.size(-2) < O.size(-1);
+  if (method == Method::kPaper && p == 0.0) {
+    // The scheme's Ψ_0 has its own orientation (wide), normalisation (in O's
+    // dtype) and final shape scale, so it bypasses the tall path below.
+    at::Tensor s = O.abs().amax({-2, -1}, /*keepdim=*/true);
+    check_finite_input(s, O, o);
+    s = paper_rescale(at::where(s == 0, at::ones_like(s), s));  // Ψ_0(O/s) = Ψ_0(O) up to the 1e-7
+    const bool rescale = (s != 1).any().item<bool>();
+    const at::Tensor Y = paper_polar(rescale ? O / s : O, compute, info);
+    check_finite_result(Y, method, p, O);
+    return Y;
+  }
+  // Work on the tall orientation so the Gram matrix is the smaller one
+  // (paper_power follows the scheme's own rule for wide inputs).
+  const bool wide = O.size(-2) < O.size(-1) && method != Method::kPaper;
   // Contiguous in the tall orientation: elementwise passes over a transposed
   // view are several times slower on CPU.
   at::Tensor X = (wide ? O.transpose(-2, -1) : O)
@@ -400,23 +467,15 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
   // isfinite().all() on CPU). NaN propagates through amax and Inf is Inf, so
   // it doubles as the input check.
   at::Tensor s = X.abs().amax({-2, -1}, /*keepdim=*/true);
-  if (o.check_finite()) {
-    TORCH_CHECK(at::isfinite(s).all().item<bool>(), "spectral_power: input contains NaN or Inf (shape ",
-                O.sizes(), ")");
-  }
+  check_finite_input(s, O, o);
   // Scale each matrix so its largest |entry| is 1: keeps the Gram matrix
   // finite for float32 inputs of magnitude 1e30 and normal for 1e-30.
-  // Ψ_p(sX) = s^p Ψ_p(X) undoes it. `paper` is not scale-invariant (absolute
-  // terms 1e-6 in its ridge and 1e-7 in its normalisation), so to reproduce it
-  // the input keeps its own scale unless its largest |entry| lies outside
-  // [2^-40, 2^40] (where the float32 Gram matrix would under/overflow).
+  // Ψ_p(sX) = s^p Ψ_p(X) undoes it. `paper` keeps the input's own scale
+  // (paper_rescale).
   const at::Tensor zero = s == 0;
   const bool any_zero = zero.any().item<bool>();
   s = at::where(zero, at::ones_like(s), s);
-  if (method == Method::kPaper) {
-    const double kLo = std::ldexp(1.0, -40), kHi = std::ldexp(1.0, 40);
-    s = at::where((s >= kLo) & (s <= kHi), at::ones_like(s), s);
-  }
+  if (method == Method::kPaper) s = paper_rescale(s);
   X = fresh ? X.div_(s) : X / s;
   at::Tensor Y;
   switch (method) {
@@ -424,15 +483,14 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
     case Method::kEigh: Y = eigh_power(X, p, o, info); break;
     case Method::kNewton: Y = newton_power(X, p, o, info); break;
     case Method::kNewtonSchulz: Y = newton_schulz_power(X, p, o, info); break;
-    case Method::kPaper: Y = paper_power(X, p, o, info, O.size(-2), O.size(-1)); break;
+    case Method::kPaper: Y = paper_power(X, p, info); break;
     case Method::kAuto: TORCH_CHECK(false, "spectral_power: unresolved method auto");
   }
   // Undo the scaling (with the p actually computed: newton may approximate
   // p); all-zero matrices give exact zeros whatever the kernel returned.
   Y = Y * s.to(Y.scalar_type()).pow(info->p_effective);
   if (any_zero) Y.masked_fill_(zero, 0);
-  TORCH_CHECK(at::isfinite(Y.abs().amax()).item<bool>(), "spectral_power: method '", method_name(method),
-              "' produced a non-finite result (p = ", p, ", shape ", O.sizes(), ")");
+  check_finite_result(Y, method, p, O);
   if (wide) Y = Y.transpose(-2, -1);
   // One pass for dtype and layout together.
   return Y.to(in_dtype, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous);

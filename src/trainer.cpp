@@ -483,6 +483,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
   spec.method = parse_method(c.optim.method);
   spec.scale = parse_scale_mode(c.optim.scale);
   spec.split_rows_patterns = c.optim.split_rows;
+  spec.split_rows_by_shape = c.optim.split_rows_by_shape;
   spec.split_rows_blocks = c.optim.split_rows_blocks;
   spec.spectral.tol(c.optim.spectral_tol).ns_steps(c.optim.ns_steps);
   m.optimizer = make_optimizer(m.module->named_parameters(), spec);

@@ -13,8 +13,11 @@
 //                     power-iteration estimate of λ_max
 //   rank-deficient (half the singular values exactly 0, float64):
 //                     svd, eigh 1e-8; newton 1e-4 (null directions: see docs/transform.md)
-//   newton_schulz / paper: compared with independent float64 implementations
-//                     of the same recurrences (1e-10 in float64).
+//   newton_schulz: compared with an independent float64 iteration (1e-10);
+//   paper: compared with the independent implementation of the published
+//                     scheme in paper_reference.h (float64 1e-12, float32 1e-6,
+//                     bfloat16 p = 0 bit for bit).
+#include "paper_reference.h"
 #include "specopt/spectral.h"
 
 #include <ATen/ATen.h>
@@ -242,76 +245,52 @@ INSTANTIATE_TEST_SUITE_P(All, SpectralInvariance,
                          });
 
 // ----------------------------------------------------------------------------
-// paper vs an independent, straightforward float64 implementation of the
-// published formulas (orientation: the smaller Gram matrix).
-at::Tensor ref_coupled(const at::Tensor& A0, bool want_sqrt) {
-  const int64_t n = A0.size(0);
-  auto I = at::eye(n, at::kDouble);
-  double tr = 0;
-  for (int64_t i = 0; i < n; ++i) tr += A0[i][i].item<double>();
-  auto A = A0 + I * (1e-6 + 1e-4 * tr / n);
-  double fro = 0;
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < n; ++j) fro += std::pow(A[i][j].item<double>(), 2);
-  fro = std::sqrt(fro);
-  auto Y = A / fro, Z = I.clone();
-  for (int it = 1; it <= 15; ++it) {
-    auto T = 0.5 * (3.0 * I - at::mm(Z, Y));
-    Y = at::mm(Y, T);
-    Z = at::mm(T, Z);
-    if (it % 5 == 0) {
-      Y = 0.5 * (Y + Y.t());
-      Z = 0.5 * (Z + Z.t());
-    }
-  }
-  return want_sqrt ? Y * std::sqrt(fro) : Z / std::sqrt(fro);
-}
-
-at::Tensor ref_paper_half(const at::Tensor& O) {
-  const bool wide = O.size(0) < O.size(1);
-  auto X = wide ? O.t() : O;
-  auto S = ref_coupled(at::mm(X.t(), X), true);
-  auto W = ref_coupled(S, false);
-  auto Y = at::mm(X, W);
-  return wide ? Y.t() : Y;
-}
-
-at::Tensor ref_paper_zero(const at::Tensor& O) {
-  // Muon: work on the wide orientation, X ← aX + (bA + cA²)X with A = XXᵀ.
-  const bool tall = O.size(0) > O.size(1);
-  auto X = tall ? O.t() : O;
-  X = X / (X.norm() + 1e-7);
-  for (int i = 0; i < 15; ++i) {
-    auto A = at::mm(X, X.t());
-    auto B = -4.7750 * A + 2.0315 * at::mm(A, A);
-    X = 3.4445 * X + at::mm(B, X);
-  }
-  if (tall) X = X.t();
-  return X * std::sqrt(std::max(1.0, double(O.size(0)) / double(O.size(1))));
-}
-
+// paper vs the independent implementation of the published formulas in
+// tests/paper_reference.h (one matrix at a time, every product formed).
 TEST(SpectralPaper, MatchesIndependentImplementation) {
   at::manual_seed(11);
-  for (auto [m, n] : std::vector<std::pair<int64_t, int64_t>>{{48, 32}, {32, 48}, {40, 40}}) {
-    const at::Tensor O = make(Family::kCond1e3, m, n) * 3.0;
-    SpectralOptions f64;
-    f64.method(Method::kPaper).compute_dtype(at::kDouble);
-    const auto half = ref_paper_half(O);
-    EXPECT_LT(rel_err(specopt::spectral_power(O, 0.5, f64), half), 1e-10);
-    EXPECT_LT(rel_err(specopt::spectral_power(O, 0.25, f64), ref_paper_half(half)), 1e-10);
-    EXPECT_LT(rel_err(specopt::spectral_power(O, 0.0, f64), ref_paper_zero(O)), 1e-10);
-    // Default precision: float32 for p ∈ {¼, ½}, bfloat16 for p = 0.
-    SpectralOptions def;
-    def.method(Method::kPaper);
-    const auto O32 = O.to(at::kFloat);
-    EXPECT_LT(rel_err(specopt::spectral_power(O32, 0.5, def), half), 1e-4);
-    EXPECT_LT(rel_err(specopt::spectral_power(O32, 0.25, def), ref_paper_half(half)), 1e-4);
-    // Muon's polynomial has no stable fixed point: its iterates oscillate in a
-    // band around the polar factor, so bfloat16 and float64 trajectories
-    // differ by O(0.1); check the band instead.
-    const auto scale = std::sqrt(std::max(1.0, double(m) / double(n)));
-    EXPECT_LT(rel_err(specopt::spectral_power(O32, 0.0, def), reference(O, 0.0) * scale), 0.35);
+  SpectralOptions f64, def;
+  f64.method(Method::kPaper).compute_dtype(at::kDouble);
+  def.method(Method::kPaper);
+  // Tall, wide, square; QKV-like 3:1; inputs at their own scale (paper keeps it).
+  for (auto [m, n] : std::vector<std::pair<int64_t, int64_t>>{{48, 32}, {32, 48}, {40, 40}, {48, 16}}) {
+    for (Family f : {Family::kCond1e3, Family::kGaussian}) {
+      for (double c : {3.0, 1e-3}) {
+        const at::Tensor O = make(f, m, n) * c;
+        const std::string where = std::string(family_name(f)) + " " + std::to_string(m) + "x" +
+                                  std::to_string(n) + " scale " + std::to_string(c);
+        // float64: to rounding.
+        EXPECT_LT(rel_err(specopt::spectral_power(O, 0.5, f64), paper_reference::half(O)), 1e-12) << where;
+        EXPECT_LT(rel_err(specopt::spectral_power(O, 0.25, f64), paper_reference::quarter(O)), 1e-12) << where;
+        EXPECT_LT(rel_err(specopt::spectral_power(O, 0.0, f64), paper_reference::psi_zero(O, at::kDouble)), 1e-12)
+            << where;
+        // float32 (the default compute dtype of a float32 input) against the
+        // reference in float32: to float32 rounding.
+        const at::Tensor O32 = O.to(at::kFloat);
+        EXPECT_LT(rel_err(specopt::spectral_power(O32, 0.5, def), paper_reference::half(O32)), 1e-6) << where;
+        EXPECT_LT(rel_err(specopt::spectral_power(O32, 0.25, def), paper_reference::quarter(O32)), 1e-6)
+            << where;
+        // p = 0 in bfloat16 (the default): the same operations, so bit for bit.
+        const at::Tensor Z = specopt::spectral_power(O32, 0.0, def);
+        EXPECT_EQ(Z.scalar_type(), at::kFloat);
+        EXPECT_TRUE(at::equal(Z, paper_reference::psi_zero(O32))) << where;
+      }
+    }
   }
+}
+
+// The reference is the published scheme, not another Ψ_½: the old order
+// (square root first, then the inverse square root of it) and symmetrising
+// after the 5th and 10th iterations give different values, which the test
+// above would see.
+TEST(SpectralPaper, ReferenceDistinguishesTheSchemesVariants) {
+  at::manual_seed(3);
+  const at::Tensor O = make(Family::kCond1e3, 48, 32);
+  const at::Tensor G = at::mm(O.t(), O);
+  const at::Tensor swapped = at::mm(O, paper_reference::coupled(paper_reference::coupled(G).first).second);
+  EXPECT_GT(rel_err(swapped, paper_reference::half(O)), 1e-6);
+  const at::Tensor Y = specopt::spectral_power(O, 0.5, SpectralOptions().method(Method::kPaper).compute_dtype(at::kDouble));
+  EXPECT_GT(rel_err(Y, swapped), 1e-6);
 }
 
 TEST(SpectralPaper, CountsTheSchemesProducts) {
@@ -319,13 +298,44 @@ TEST(SpectralPaper, CountsTheSchemesProducts) {
   const at::Tensor O = at::randn({n, n});
   SpectralInfo info;
   specopt::spectral_power(O, 0.5, SpectralOptions().method(Method::kPaper), &info);
-  // Gram + 2 × 15 iterations × 3 products + final product, each 2n³.
-  EXPECT_DOUBLE_EQ(info.matmul_flops, (1 + 2 * 15 * 3 + 1) * 2.0 * n * n * n);
+  // Gram + 2 coupled runs + final product. A run forms 3 products per
+  // iteration except I·Y and T·I in the first (known exactly) and the unused
+  // root's product in the last: 15·3 − 3 = 42.
+  EXPECT_DOUBLE_EQ(info.matmul_flops, (1 + 2 * 42 + 1) * 2.0 * n * n * n);
   EXPECT_EQ(info.iterations, 30);
   specopt::spectral_power(O, 0.25, SpectralOptions().method(Method::kPaper), &info);
-  EXPECT_DOUBLE_EQ(info.matmul_flops, 2 * (1 + 2 * 15 * 3 + 1) * 2.0 * n * n * n);
+  EXPECT_DOUBLE_EQ(info.matmul_flops, 2 * (1 + 2 * 42 + 1) * 2.0 * n * n * n);
+  // p = 0: 15 × 3 products (G, (cG)G, Bx).
+  specopt::spectral_power(O, 0.0, SpectralOptions().method(Method::kPaper), &info);
+  EXPECT_DOUBLE_EQ(info.matmul_flops, 15 * 3 * 2.0 * n * n * n);
+  EXPECT_EQ(info.iterations, 15);
   EXPECT_THROW(specopt::spectral_power(O, 0.3, SpectralOptions().method(Method::kPaper)),
                c10::Error);
+}
+
+// The input keeps its scale; only entries outside [2^-40, 2^40] are rescaled
+// (then the float32 Gram matrix would under/overflow): the result stays finite.
+TEST(SpectralPaper, ExtremeScalesStayFinite) {
+  at::manual_seed(4);
+  const at::Tensor O = make(Family::kCond1e3, 24, 16).to(at::kFloat);
+  for (double c : {1e-30, 1e30}) {
+    for (double p : {0.0, 0.25, 0.5}) {
+      const at::Tensor Y = specopt::spectral_power(O * c, p, SpectralOptions().method(Method::kPaper));
+      EXPECT_TRUE(at::isfinite(Y).all().item<bool>()) << "p = " << p << " c = " << c;
+      // Ψ_p(cO) = c^p Ψ_p(O) up to the scheme's absolute terms; at p = 0
+      // bfloat16 rounding moves Muon's iterates within their band around the
+      // polar factor (the float64 trajectory differs by O(0.1)), so check the band.
+      if (p == 0.0) {
+        EXPECT_LT(rel_err(Y, reference(O, 0.0) * std::sqrt(24.0 / 16.0)), 0.35) << "c = " << c;
+      } else {
+        const at::Tensor R = specopt::spectral_power(O, p, SpectralOptions().method(Method::kPaper));
+        EXPECT_LT(rel_err(Y / std::pow(c, p), R), 1e-2) << "p = " << p << " c = " << c;
+      }
+    }
+  }
+  // All-zero matrices give zeros.
+  EXPECT_TRUE(at::equal(specopt::spectral_power(at::zeros({6, 4}), 0.0, SpectralOptions().method(Method::kPaper)),
+                        at::zeros({6, 4})));
 }
 
 // ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 // checked against independent computations, the report files, and the subprocess launcher.
 #include "test_support.h"
 
+#include "specopt/config.h"
 #include "specopt/study.h"
 #include "specopt/trainer.h"
 
@@ -815,3 +816,15 @@ TEST(StudySignals, CtrlCAtTheTerminalReachesEachRunOnce) {
       << read_file(fs::path(plan[0].dir) / "train.log");
   EXPECT_EQ(specopt::run_state(plan[0].dir), specopt::RunState::kPartial);
 }
+// The GPT study presets use the published study's QKV split rule: by shape, not by name.
+TEST(StudyConfig, GptPresetsSplitByShape) {
+  for (const char* preset : {"gpt2-124m-owt.toml", "kjv-gpt.toml"}) {
+    const auto cfg =
+        specopt::load_study_config((fs::path(SPECOPT_SOURCE_DIR) / "configs" / "study" / preset).string());
+    const auto train = specopt::config_from_toml_string(cfg.train_config_toml);
+    EXPECT_TRUE(train.optim.split_rows_by_shape) << preset;
+    EXPECT_TRUE(train.optim.split_rows.empty()) << preset;
+    EXPECT_EQ(train.optim.split_rows_blocks, 3) << preset;
+  }
+}
+

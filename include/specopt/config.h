@@ -72,6 +72,7 @@ struct OptimConfig {
   std::string method = "auto";  // Ψ_p method (parse_method)
   std::string scale = "auto";   // "auto" | "none" | "shape" | "rms"
   std::vector<std::string> split_rows = {"c_attn"};  // parameter-name substrings split in row blocks
+  bool split_rows_by_shape = false;  // also split matrices with rows = split_rows_blocks × cols (the study's rule)
   int64_t split_rows_blocks = 3;
   double spectral_tol = 1e-4;  // SpectralOptions::tol
   int64_t ns_steps = 5;        // SpectralOptions::ns_steps

@@ -33,9 +33,14 @@ struct OptimizerSpec {
   bool nesterov = false;
   Method method = Method::kAuto;
   ScaleMode scale = ScaleMode::kAuto;
-  // Parameter-name substrings whose matrices are split into row blocks
-  // (e.g. "c_attn" → 3 blocks: the packed Q, K, V).
+  // Matrices split into split_rows_blocks row blocks, each transformed on its
+  // own (the packed Q, K, V), by either rule:
+  //  * by name: the name contains one of split_rows_patterns (e.g. "c_attn");
+  //  * by shape (split_rows_by_shape; the published study's rule): the row
+  //    count (dim 0) is exactly split_rows_blocks × the column count (the
+  //    other dims together): QKV 3d × d, and the embedding when vocab = 3d.
   std::vector<std::string> split_rows_patterns;
+  bool split_rows_by_shape = false;
   int64_t split_rows_blocks = 3;
   SpectralOptions spectral;
 };

@@ -165,7 +165,9 @@ def make_optimizer(model, variant=None, **spec):
 
     The split is the C++ make_optimizer's (one implementation): matrices (dim >= 2) form
     the spectral group(s) at ``lr_matrix`` with the variant's p (matrices whose name contains
-    one of ``split_rows_patterns`` get ``row_blocks = split_rows_blocks``); vectors form a
+    one of ``split_rows_patterns``, and with ``split_rows_by_shape=True`` those whose row count
+    is ``split_rows_blocks`` times their column count, get ``row_blocks = split_rows_blocks``);
+    vectors form a
     group at ``lr_vector`` with p = 1 and ``weight_decay_vector``.
       * Adam family -> a SpectralAdamW with those groups;
       * mSGD family -> a SpectralSGD whose vector group has ``update="adamw"`` (the study's

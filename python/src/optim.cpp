@@ -176,6 +176,7 @@ OptimizerSpec spec_from(const py::dict& kw) {
       const auto name = v.cast<std::string>();
       s.scale = as_value_error([&] { return parse_scale_mode(name); });
     } else if (key == "split_rows_patterns") s.split_rows_patterns = v.cast<std::vector<std::string>>();
+    else if (key == "split_rows_by_shape") s.split_rows_by_shape = v.cast<bool>();
     else if (key == "split_rows_blocks") s.split_rows_blocks = v.cast<int64_t>();
     else if (key == "spectral") s.spectral = spectral_options_from(v.cast<py::dict>());
     else throw py::value_error("make_optimizer: unknown option '" + key + "'");
@@ -228,6 +229,7 @@ void bind_optim(py::module_& m) {
         d["method"] = method_name(s.method);
         d["scale"] = scale_mode_name(s.scale);
         d["split_rows_patterns"] = s.split_rows_patterns;
+        d["split_rows_by_shape"] = s.split_rows_by_shape;
         d["split_rows_blocks"] = s.split_rows_blocks;
         d["spectral"] = py::dict();
         return d;

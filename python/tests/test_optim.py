@@ -113,6 +113,11 @@ def test_make_optimizer_groups():
     for n in ["c_attn.bias", "proj.bias", "norm.weight", "norm.bias"]:
         g = by_name[n]
         assert (g["role"], g["update"], g["p"], g["lr"]) == ("vector", "adamw", 1.0, 1e-3)
+    # The study's rule goes by shape: c_attn (12 x 4) is split, proj (4 x 12) is not.
+    assert specopt.optimizer_spec_defaults()["split_rows_by_shape"] is False
+    opt = specopt.make_optimizer(net, "AdamS", split_rows_by_shape=True)
+    by_name = {n: g for g in opt.param_groups for n in g["param_names"]}
+    assert by_name["c_attn.weight"]["row_blocks"] == 3 and by_name["proj.weight"]["row_blocks"] == 1
     opt = specopt.make_optimizer(net, "AdamQ")
     assert isinstance(opt, specopt.SpectralAdamW)
     assert {g["update"] for g in opt.param_groups} == {"adamw"}
