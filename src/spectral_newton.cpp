@@ -24,9 +24,10 @@
 //     eigenvalue is √λ · g(√λ) ≤ (1 + O(tol))√λ: bounded at 0 (no inverse is
 //     ever applied to Q), and the interval [√ℓ, 1] is far better conditioned
 //     than [ℓ, 1], so the same table converges in fewer steps (the stage starts
-//     at the table step designed for its interval). A ridge of 16 ε (compute
-//     dtype) keeps rounding-negative eigenvalues (measured ~1e-8 in float32)
-//     positive, where the polynomials cannot grow.
+//     at the table step designed for its interval). A ridge of max(16, 4√m)·ε
+//     (compute dtype) keeps rounding-negative eigenvalues of H (measured
+//     ≤ 3e-8 in float32 when H = QᵀX is formed from Q) positive: for λ < 0 the
+//     odd polynomials act on an imaginary σ_B and grow without bound.
 //  4. H^p for p = k/2^d (d ≤ kDyadicDepth) as the product of the chained square
 //     roots H^{2^-j} for the bits of k. Other p are rounded to the nearest k/2^d
 //     (SpectralInfo::p_effective, error ≤ 2^-(d+1)). p = ½ and ¼ are exact.
@@ -84,32 +85,39 @@ std::pair<double, double> quintic_image(const std::array<double, 3>& abc, double
   return {mn, mx};
 }
 
-// The table steps one stage runs for singular values in [lower, 1].
+// The table steps one stage runs for singular values in [lower, 1], with the
+// predicted lower end of the interval after each step.
 // It starts at the last table step whose design interval (the image of
 // [kTableLower, 1] after the earlier steps) still contains `lower`.
 // Adds the stage's predicted relative error max(1 - lo, hi - 1) to
 // info->residual (max over stages).
-std::vector<int64_t> stage_schedule(double lower, const SpectralOptions& o, SpectralInfo* info) {
+struct Schedule {
+  std::vector<int64_t> steps;
+  std::vector<double> lo_after;
+};
+
+Schedule stage_schedule(double lower, const SpectralOptions& o, SpectralInfo* info) {
   int64_t k = 0;
   for (double t = kTableLower; k < 7; ++k) {
     const double next = quintic(ns_step_coefficients(kSet, k), t);
     if (next > lower) break;
     t = next;
   }
-  std::vector<int64_t> steps;
+  Schedule sc;
   double lo = lower, hi = 1.0;
   while (true) {
     std::tie(lo, hi) = quintic_image(ns_step_coefficients(kSet, k), lo, hi);
-    steps.push_back(k++);
+    sc.steps.push_back(k++);
+    sc.lo_after.push_back(lo);
     if (o.iterations() > 0) {
       if (k >= o.iterations()) break;
     } else if (std::max(1.0 - lo, hi - 1.0) < o.tol() ||
-               static_cast<int64_t>(steps.size()) >= kMaxSteps) {
+               static_cast<int64_t>(sc.steps.size()) >= kMaxSteps) {
       break;
     }
   }
   info->residual = std::max(info->residual, std::max(1.0 - lo, hi - 1.0));
-  return steps;
+  return sc;
 }
 
 at::Tensor eye_like(const at::Tensor& A) { return at::eye(A.size(-1), A.options()); }
@@ -140,27 +148,62 @@ std::pair<at::Tensor, double> spectral_scale(const at::Tensor& A, const at::Tens
   return {c, std::max(floor, std::min(1.0, ratio.min().item<double>()))};
 }
 
-// Q for X/c (σ ≤ 1), singular values ≥ lower converged to tol.
-at::Tensor polar_factor(at::Tensor X, at::Tensor A, at::Tensor A2, double lower,
-                        const SpectralOptions& o, SpectralInfo* info) {
-  const std::vector<int64_t> steps = stage_schedule(lower, o, info);
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const auto abc = ns_step_coefficients(kSet, steps[i]);
+// The polar factor of X/c (σ ≤ 1), singular values ≥ lower converged to
+// tol, as Q = X_k P (P undefined: Q = X_k).
+//
+// Tall X (m ≥ 2n) switches to the n×n side once the tracked interval is well
+// conditioned: with G = X_kᵀX_k, every later iterate is X_k P with P a
+// polynomial in G, so the steps
+//     T = aI + bM + cM²,  P ← PT,  M ← TMT      (M = PᵀGP → I, P → G^{-1/2})
+// cost 4 n³-products instead of 4 m n² + 2 n³. Before the switch the steps
+// run on X itself: the Gram matrix of an ill-conditioned X loses its small
+// eigenvalues to rounding (~ε λ_max), that of X_k does not once its smallest
+// tracked singular value lo satisfies lo² ≥ 10³ ε (float32: lo ≥ 0.011), so
+// G's rounding moves the tracked eigenvalues by ≲ 10⁻³ relative (the
+// real-update and hard-case tests measure the result).
+struct PolarFactor {
+  at::Tensor Xk, P;
+  at::Tensor q(SpectralInfo* info) const { return P.defined() ? counted_matmul(Xk, P, info) : Xk; }
+};
+
+PolarFactor polar_factor(at::Tensor X, at::Tensor A, at::Tensor A2, double lower,
+                         const SpectralOptions& o, SpectralInfo* info) {
+  const Schedule sc = stage_schedule(lower, o, info);
+  const size_t steps = sc.steps.size();
+  const bool tall = X.size(-2) >= 2 * X.size(-1);
+  const double eps = X.scalar_type() == at::kDouble ? 2.220446049250313e-16 : 1.1920928955078125e-07;
+  const double gram_switch = std::sqrt(1e3 * eps);
+  size_t i = 0;
+  for (; i < steps; ++i) {
+    const auto abc = ns_step_coefficients(kSet, sc.steps[i]);
     if (i > 0) {
       A = counted_matmul(X.transpose(-2, -1), X, info);
+      // Switch when the remaining steps are worth it (≥ 2 left).
+      if (tall && sc.lo_after[i - 1] >= gram_switch && steps - i >= 2) break;
       A2 = counted_matmul(A, A, info);
     }
     X = X * abc[0] + counted_matmul(X, A * abc[1] + A2 * abc[2], info);
   }
-  info->iterations += static_cast<int64_t>(steps.size());
-  return X;
+  PolarFactor out{X, at::Tensor()};
+  if (i < steps) {
+    at::Tensor M = A;
+    for (size_t j = i; j < steps; ++j) {
+      const auto abc = ns_step_coefficients(kSet, sc.steps[j]);
+      const at::Tensor T = at::add(M * abc[1] + counted_matmul(M, M, info) * abc[2],
+                                   eye_like(M), abc[0]);
+      out.P = out.P.defined() ? counted_matmul(out.P, T, info) : T;
+      if (j + 1 < steps) M = sym(counted_matmul(T, counted_matmul(M, T, info), info));
+    }
+  }
+  info->iterations += static_cast<int64_t>(steps);
+  return out;
 }
 
 // H^{1/2} for symmetric H ⪰ 0 with eigenvalues ≤ 1, accurate for
 // eigenvalues ≥ lower (see step 3 above).
 at::Tensor psd_sqrt(const at::Tensor& H, double lower, const SpectralOptions& o,
                     SpectralInfo* info) {
-  const std::vector<int64_t> steps = stage_schedule(std::sqrt(lower), o, info);
+  const std::vector<int64_t> steps = stage_schedule(std::sqrt(lower), o, info).steps;
   const at::Tensor I = eye_like(H);
   at::Tensor Y = H, Z;
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -207,14 +250,21 @@ at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o,
   const double lower = o.newton_lower() * ratio;
   const at::Tensor Xs = X / c;
   const at::Tensor c2 = c * c;
-  const at::Tensor Q = polar_factor(Xs, A / c2, A2 / (c2 * c2), lower, o, info);
-  if (k == 0) return Q;  // p = 0: Ψ_0 = Q (c^0 = 1)
+  const PolarFactor Q = polar_factor(Xs, A / c2, A2 / (c2 * c2), lower, o, info);
+  if (k == 0) return Q.q(info);  // p = 0: Ψ_0 = Q (c^0 = 1)
 
   // H/β + ridge·I with β = 1 + 2·10⁻² ≥ ‖H‖₂ (H's eigenvalues are g(σ)σ ≤ 1 + O(tol)).
+  // H is formed from Q itself (‖Q‖₂ ≤ 1 + O(tol)), not as Pᵀ(X_kᵀX): P's gain
+  // on X_k's null space (up to ~200) would multiply the rounding of X_kᵀX and
+  // push null eigenvalues of H below −ridge, where the square-root
+  // polynomials grow (measured: −2.8e-6 on a rank-9 10×128 momentum buffer).
+  // The ridge covers the rounding of the m-term dot products, ≲ √m ε.
   constexpr double kBound = 1.02;
-  const double ridge = 16 * unit_roundoff(X.scalar_type());
+  const double eps = unit_roundoff(X.scalar_type());
+  const double ridge = eps * std::max(16.0, 4.0 * std::sqrt(static_cast<double>(X.size(-2))));
+  const at::Tensor Qm = Q.q(info);
   const at::Tensor H =
-      at::add(sym(counted_matmul(Q.transpose(-2, -1), Xs, info)) / kBound, eye_like(A), ridge);
+      at::add(sym(counted_matmul(Qm.transpose(-2, -1), Xs, info)) / kBound, eye_like(A), ridge);
   at::Tensor S = H, P;
   double l = lower / kBound;
   for (int64_t j = 1; j <= d; ++j) {
@@ -223,7 +273,7 @@ at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o,
     if ((k >> (d - j)) & 1) P = P.defined() ? counted_matmul(P, S, info) : S;
   }
   // Ψ_p(X) = Q (βH')^p c^p with H' the scaled H.
-  return counted_matmul(Q, P, info) * (c * kBound).pow(info->p_effective);
+  return counted_matmul(Qm, P, info) * (c * kBound).pow(info->p_effective);
 }
 
 }  // namespace detail
