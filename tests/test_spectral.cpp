@@ -7,12 +7,13 @@
 //                     matrix squares it); newton 1e-7 (tol 1e-10, newton_lower =
 //                     true σ ratio), 1e-5 at cond 1e6
 //   float32 input (cond ≤ 1e3, Gaussian, default options): svd 2e-3; eigh 2e-3
-//                     (runs in float64 when tol < 1e-3); newton 5e-3 (float32 Gram
-//                     matrix: rounding ε λ_max against λ_min = 1e-6 λ_max)
+//                     (runs in float64 when tol < 1e-3); newton 5e-3 (float32
+//                     products; measured ≤ 1e-3)
 //   p < 0, newton:    1e-3 (f64) / 1e-2 (f32): its ε-regularisation uses a
 //                     power-iteration estimate of λ_max
 //   rank-deficient (half the singular values exactly 0, float64):
-//                     svd, eigh 1e-8; newton 1e-4 (null directions: see docs/transform.md)
+//                     svd, eigh 1e-8; newton 1e-4 (σ below newton_lower are attenuated)
+//   newton rounds p ≥ 0 to a multiple of 1/64: references use SpectralInfo::p_effective.
 //   newton_schulz / paper: compared with independent float64 implementations
 //                     of the same recurrences (1e-10 in float64).
 #include "specopt/spectral.h"

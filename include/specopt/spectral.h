@@ -112,8 +112,9 @@ struct SpectralOptions {
 struct SpectralInfo {
   Method method = Method::kAuto;  // the method actually used (auto resolved)
   int64_t iterations = 0;         // iterations of the iterative method(s), summed over
-                                  // stages (newton 0<p<½: two runs; paper: 15 per
-                                  // coupled iteration)
+                                  // stages (newton p ≥ 0: polar steps + the steps of
+                                  // each square-root stage; paper: 15 per coupled
+                                  // iteration)
   double residual = 0.0;          // newton, p ≥ 0: predicted relative error of the
                                   // singular values in [newton_lower·σ_max, σ_max]
                                   // (scalar recursion of the polynomials, max over
