@@ -26,7 +26,7 @@
 //     than [ℓ, 1], so the same table converges in fewer steps (the stage starts
 //     at the table step designed for its interval). A ridge of max(16, 4√m)·ε
 //     (compute dtype) keeps rounding-negative eigenvalues of H (measured
-//     ≤ 3e-8 in float32 when H = QᵀX is formed from Q) positive: for λ < 0 the
+//     |λ| ≤ 3e-8 in float32 when H = QᵀX is formed from Q) positive: for λ < 0 the
 //     odd polynomials act on an imaginary σ_B and grow without bound.
 //  4. H^p for p = k/2^d (d ≤ kDyadicDepth) as the product of the chained square
 //     roots H^{2^-j} for the bits of k. Other p are rounded to the nearest k/2^d
@@ -35,7 +35,8 @@
 //
 // Stopping: every stage tracks the image [lo, hi] of its singular-value
 // interval through the chosen polynomials in double on the host (scalar
-// recursion, no device synchronisation); tol stops a stage when
+// recursion; the only host synchronisation of the method is the one reading
+// the batch's σ_max/c bound); tol stops a stage when
 // max(1 - lo, hi - 1) < tol. iterations = N > 0 stops every stage at table
 // step N (stages that start later in the table run fewer steps, at least one).
 #include "spectral_internal.h"
@@ -43,8 +44,10 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -54,7 +57,7 @@ namespace detail {
 namespace {
 
 constexpr NsCoefficients kSet = NsCoefficients::kPolarExpress;
-constexpr int64_t kMaxSteps = 40;    // safety cap of the tol path (never reached: see tests)
+constexpr int64_t kMaxSteps = 40;    // safety cap of the tol path (not reached in the tests)
 constexpr int64_t kDyadicDepth = 6;  // p rounded to a multiple of 1/64
 // The table's first step is designed for σ/σ_max ≥ 1e-3 (Polar Express, ℓ = 1e-3).
 constexpr double kTableLower = 1e-3;
@@ -98,7 +101,7 @@ struct Schedule {
 
 Schedule stage_schedule(double lower, const SpectralOptions& o, SpectralInfo* info) {
   int64_t k = 0;
-  for (double t = kTableLower; k < 7; ++k) {
+  for (double t = kTableLower; k < 7; ++k) {  // 7: the last table set, which repeats
     const double next = quintic(ns_step_coefficients(kSet, k), t);
     if (next > lower) break;
     t = next;
