@@ -61,6 +61,7 @@ void visit_fields(Config& c, Visitor&& v) {
   v("optim.split_rows", c.optim.split_rows);
   v("optim.split_rows_blocks", c.optim.split_rows_blocks);
   v("optim.spectral_tol", c.optim.spectral_tol);
+  v("optim.newton_lower", c.optim.newton_lower);
   v("optim.ns_steps", c.optim.ns_steps);
   v("optim.p_schedule", c.optim.p_schedule);
 
@@ -374,6 +375,8 @@ void TrainConfig::validate() const {
               "config key 'optim.momentum' must lie in [0, 1), got ", optim.momentum);
   positive("optim.split_rows_blocks", optim.split_rows_blocks);
   positive("optim.spectral_tol", optim.spectral_tol);
+  TORCH_CHECK(optim.newton_lower > 0 && optim.newton_lower <= 1,
+              "config key 'optim.newton_lower' must lie in (0, 1], got ", optim.newton_lower);
   positive("optim.ns_steps", optim.ns_steps);
 
   positive("train.steps", train.steps);
