@@ -1,9 +1,18 @@
 // Benchmark of Ψ_p(O) = U Σ^p Vᵀ (specopt::spectral_power): for each method ×
-// p × shape, the median time, the relative Frobenius error against the float64
-// SVD on two matrix families (Gaussian; geometric spectrum with condition
-// number 1e3), the matrix-product FLOPs (SpectralInfo::matmul_flops) and the
-// GEMM efficiency (FLOPs/time ÷ the measured torch::mm rate at that size).
-// Prints a table and writes JSON.
+// p × shape, the median time (Gaussian input), the relative error against the
+// float64 SVD on the dominant subspace (σ ≥ 1e-3 σ_max) and in full (exact Ψ_p
+// with σ ≤ τ σ_max → 0, τ the float32 rounding floor of spectral.h) on four
+// synthetic families (Gaussian; geometric spectra with condition numbers 1e3
+// and 1e8; rank 4 + 1e-3 noise, gradient-like), the matrix-product FLOPs
+// (SpectralInfo::matmul_flops) and the GEMM efficiency (FLOPs/time ÷ the
+// measured torch::mm rate at that size). At p = 0 two anchors run beside the
+// methods: Muon's 5-step quintic (`newton_schulz`) and Polar Express
+// (`polar_express`: newton_schulz with its coefficient set, 8 steps).
+// --real DIR adds the real-update suite: every *.pt file there (a
+// torch::save'd list of matrices, as tests/test_spectral_real.cpp caches them
+// in build/real_updates) is run through every method, reporting the worst
+// dominant/full error, the summed FLOPs and the summed time.
+// Prints tables and writes JSON.
 //
 //   build/bench_transform --quick --out runs/bench_transform.json
 #include "specopt/spectral.h"
@@ -14,6 +23,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <torch/serialize.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -74,21 +84,60 @@ at::Tensor geometric(Shape s, double cond) {
   return at::matmul(U * sigma, V.t()).to(at::kFloat);
 }
 
-// Float64 SVD of a matrix, kept to build Ψ_p references for every p.
+at::Tensor rank_plus_noise(Shape s) {
+  const auto U = std::get<0>(at::linalg_qr(at::randn({s.rows, 4}, at::kDouble)));
+  const auto V = std::get<0>(at::linalg_qr(at::randn({s.cols, 4}, at::kDouble)));
+  const auto sigma = at::tensor({1.0, 0.5, 0.3, 0.2}, at::kDouble);
+  const double noise = 1e-3 / std::sqrt(static_cast<double>(s.rows));
+  return (at::matmul(U * sigma, V.t()) + at::randn({s.rows, s.cols}, at::kDouble) * noise)
+      .to(at::kFloat);
+}
+
+// Float64 SVD of a (float32) matrix, kept to score Ψ_p for every p.
 struct Reference {
-  at::Tensor U, S, Vh;
+  at::Tensor U, S, Vh, keep_dom, keep_full;
   explicit Reference(const at::Tensor& O) {
     std::tie(U, S, Vh) = at::linalg_svd(O.to(at::kDouble), false);
+    const double smax = S.max().item<double>();
+    const double tau = std::sqrt(static_cast<double>(std::min(O.size(0), O.size(1)))) * 1.1920928955078125e-07;
+    keep_dom = S >= smax * 1e-3;
+    keep_full = S > smax * tau;
   }
-  at::Tensor power(double p) const {
-    const auto keep = S > S.max() * 1e-10;
-    const auto f = at::where(keep, S.pow(p), at::zeros_like(S));
-    return at::matmul(U * f, Vh);
+  // {dominant, full} relative errors of Y against Ψ_p(O).
+  std::pair<double, double> errors(const at::Tensor& Y, double p) const {
+    const at::Tensor Yd = Y.to(at::kDouble);
+    const at::Tensor f = at::where(keep_full, S.pow(p), at::zeros_like(S));
+    const at::Tensor R = at::matmul(U * f, Vh);
+    const double full = ((Yd - R).norm() / R.norm()).item<double>();
+    const at::Tensor Ud = U.index({at::indexing::Slice(), keep_dom});
+    const at::Tensor Vd = Vh.index({keep_dom});
+    const at::Tensor fd = S.index({keep_dom}).pow(p);
+    const at::Tensor P = at::matmul(at::matmul(Ud.t(), Yd), Vd.t());
+    const double dom = ((P - at::diag(fd)).norm() / fd.norm()).item<double>();
+    return {dom, full};
   }
 };
 
-double rel_err(const at::Tensor& Y, const at::Tensor& R) {
-  return ((Y.to(at::kDouble) - R).norm() / R.norm()).item<double>();
+// A method of the library, or one of the two p = 0 anchors run through
+// newton_schulz with fixed coefficient sets.
+struct Variant {
+  std::string name;
+  specopt::SpectralOptions options;
+  specopt::Method method;
+};
+
+std::vector<Variant> variants_for(const std::vector<specopt::Method>& methods, bool anchors) {
+  std::vector<Variant> v;
+  for (auto m : methods) v.push_back({specopt::method_name(m), specopt::SpectralOptions().method(m), m});
+  if (anchors) {
+    v.push_back({"polar_express",
+                 specopt::SpectralOptions()
+                     .method(specopt::Method::kNewtonSchulz)
+                     .ns_coefficients(specopt::NsCoefficients::kPolarExpress)
+                     .ns_steps(8),
+                 specopt::Method::kNewtonSchulz});
+  }
+  return v;
 }
 
 // GFLOP/s of torch::mm for an n×n by n×n float32 product (median of reps).
@@ -129,6 +178,9 @@ int main(int argc, char** argv) {
   app.add_option("--p", p_arg, "comma-separated exponents (default: 0,0.25,0.5)");
   app.add_option("--reps", reps, "timed repetitions per case (default: 5; quick: 1)");
   app.add_option("--seed", seed, "random seed for the test matrices");
+  std::string real_dir;
+  app.add_option("--real", real_dir,
+                 "directory of captured real updates (*.pt, e.g. build/real_updates from test_spectral_real)");
   int threads = 0;
   app.add_option("--threads", threads,
                  "CPU threads through specopt::set_cpu_threads (default 0: OMP_NUM_THREADS or all cores)");
@@ -159,75 +211,143 @@ int main(int argc, char** argv) {
   nlohmann::json results = nlohmann::json::array();
   const auto t_start = Clock::now();
 
-  fmt::print("{:>10} {:>14} {:>5} {:>10} {:>10} {:>10} {:>9} {:>7} {:>6} {:>6}\n", "shape", "method",
-             "p", "time[s]", "err_gauss", "err_geo", "GFLOP", "GFLOP/s", "eff", "iters");
+  const std::vector<Variant> variants = variants_for(methods, /*anchors=*/true);
+  auto supported = [](const Variant& v, double p) {
+    return v.name == "polar_express" ? p == 0.0 : supports(v.method, p);
+  };
+  // paper's p = 0 includes the study's shape scale max(1, rows/cols)^½.
+  auto target_scale = [](const Variant& v, double p, int64_t rows, int64_t cols) {
+    return v.method == specopt::Method::kPaper && p == 0.0
+               ? std::sqrt(std::max(1.0, double(rows) / double(cols)))
+               : 1.0;
+  };
+  const char* kFamilies[] = {"gaussian", "cond1e3", "cond1e8", "rank4_noise"};
+  fmt::print("{:>10} {:>14} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>6} {:>6}\n",
+             "shape", "method", "p", "time[s]", "dom_gaus", "dom_1e3", "dom_1e8", "dom_rk4n",
+             "full_max", "GFLOP", "GFLOP/s", "eff", "iters");
   for (const Shape& shape : shapes) {
     at::manual_seed(static_cast<int64_t>(seed) + shape.rows * 131 + shape.cols);
-    const at::Tensor inputs[2] = {gaussian(shape), geometric(shape, 1e3)};
-    const Reference refs[2] = {Reference(inputs[0]), Reference(inputs[1])};
+    const at::Tensor inputs[4] = {gaussian(shape), geometric(shape, 1e3), geometric(shape, 1e8),
+                                  rank_plus_noise(shape)};
+    const Reference refs[4] = {Reference(inputs[0]), Reference(inputs[1]), Reference(inputs[2]),
+                               Reference(inputs[3])};
     const int64_t n = std::min(shape.rows, shape.cols);
     const double rate = gemm_rate(n, reps);
     for (double p : ps) {
-      const at::Tensor expect[2] = {refs[0].power(p), refs[1].power(p)};
-      for (specopt::Method method : methods) {
-        nlohmann::json row = {{"method", specopt::method_name(method)},
+      for (const Variant& var : variants) {
+        nlohmann::json row = {{"method", var.name},
                               {"p", p},
                               {"rows", shape.rows},
                               {"cols", shape.cols},
-                              {"supported", supports(method, p)}};
-        if (!supports(method, p)) {
-          fmt::print("{:>10} {:>14} {:>5} {:>10}\n", fmt::format("{}x{}", shape.rows, shape.cols),
-                     specopt::method_name(method), p, "n/a");
+                              {"supported", supported(var, p)}};
+        if (!supported(var, p)) {
+          if (var.name != "polar_express")
+            fmt::print("{:>10} {:>14} {:>5} {:>10}\n", fmt::format("{}x{}", shape.rows, shape.cols),
+                       var.name, p, "n/a");
           results.push_back(row);
           continue;
         }
-        const auto options = specopt::SpectralOptions().method(method);
-        // paper's p = 0 includes the study's shape scale max(1, rows/cols)^½.
-        const double target_scale =
-            method == specopt::Method::kPaper && p == 0.0
-                ? std::sqrt(std::max(1.0, double(shape.rows) / double(shape.cols)))
-                : 1.0;
-        specopt::SpectralInfo info[2];  // counters of the last call per family
-        double err[2];
+        const double scale = target_scale(var, p, shape.rows, shape.cols);
+        specopt::SpectralInfo info[4];  // counters of the last call per family
+        double dom[4], full[4];
         std::vector<double> times;
-        for (int f = 0; f < 2; ++f) {
+        for (int f = 0; f < 4; ++f) {
           // The Gaussian input is also the timed one: a warm-up call (not in
           // --quick), then `reps` timed calls.
           const int calls = f == 0 ? (quick ? reps : reps + 1) : 1;
           at::Tensor Y;
           for (int c = 0; c < calls; ++c) {
             const auto t0 = Clock::now();
-            Y = specopt::spectral_power(inputs[f], p, options, &info[f]);
+            Y = specopt::spectral_power(inputs[f], p, var.options, &info[f]);
             const double t = seconds_since(t0);
             if (f == 0 && (quick || c > 0)) times.push_back(t);
           }
-          err[f] = rel_err(Y, expect[f] * target_scale);
+          std::tie(dom[f], full[f]) = refs[f].errors(Y.to(at::kDouble) / scale, p);
         }
         const specopt::SpectralInfo& info_g = info[0];
-        const double flops_geo = info[1].matmul_flops;
         const double t_med = median(times);
         const double gflops = info_g.matmul_flops / t_med / 1e9;
+        const double full_max = *std::max_element(full, full + 4);
+        nlohmann::json fam = nlohmann::json::object();
+        for (int f = 0; f < 4; ++f)
+          fam[kFamilies[f]] = {{"err_dominant", dom[f]},
+                               {"err_full", full[f]},
+                               {"matmul_flops", info[f].matmul_flops},
+                               {"iterations", info[f].iterations}};
         row.update({{"resolved_method", specopt::method_name(info_g.method)},
                     {"time_s", t_med},
                     {"times_s", times},
-                    {"err_gaussian", err[0]},
-                    {"err_geometric_cond1e3", err[1]},
+                    {"families", fam},
+                    {"err_full_max", full_max},
                     {"matmul_flops", info_g.matmul_flops},
-                    {"matmul_flops_geometric", flops_geo},
                     {"gflops_per_s", gflops},
                     {"gemm_gflops_per_s", rate},
                     {"gemm_efficiency", gflops / rate},
                     {"iterations", info_g.iterations},
-                    {"iterations_geometric", info[1].iterations},
                     {"p_effective", info_g.p_effective}});
         results.push_back(row);
-        fmt::print("{:>10} {:>14} {:>5} {:>10.4f} {:>10.2e} {:>10.2e} {:>9.2f} {:>7.1f} {:>6.2f} {:>6}\n",
-                   fmt::format("{}x{}", shape.rows, shape.cols),
-                   method == specopt::Method::kAuto
-                       ? "auto(" + specopt::method_name(info_g.method) + ")"
-                       : specopt::method_name(method),
-                   p, t_med, err[0], err[1], info_g.matmul_flops / 1e9, gflops, gflops / rate,
-                   info_g.iterations);
+        fmt::print(
+            "{:>10} {:>14} {:>5} {:>10.4f} {:>9.2e} {:>9.2e} {:>9.2e} {:>9.2e} {:>9.2e} {:>8.3f} {:>7.1f} "
+            "{:>6.2f} {:>6}\n",
+            fmt::format("{}x{}", shape.rows, shape.cols),
+            var.method == specopt::Method::kAuto ? "auto(" + specopt::method_name(info_g.method) + ")"
+                                                 : var.name,
+            p, t_med, dom[0], dom[1], dom[2], dom[3], full_max, info_g.matmul_flops / 1e9, gflops,
+            gflops / rate, info_g.iterations);
+        std::fflush(stdout);
+      }
+    }
+  }
+
+  // The real-update suite: worst errors, summed FLOPs and time per method × p.
+  nlohmann::json real_rows = nlohmann::json::array();
+  if (!real_dir.empty()) {
+    std::vector<at::Tensor> mats;
+    std::vector<std::string> files;
+    for (const auto& e : std::filesystem::directory_iterator(real_dir))
+      if (e.path().extension() == ".pt") files.push_back(e.path().string());
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      std::vector<at::Tensor> part;
+      torch::load(part, f);
+      for (auto& t : part)
+        if (t.abs().max().item<double>() > 0) mats.push_back(t.to(at::kFloat));
+    }
+    std::vector<Reference> rrefs;
+    for (const auto& m : mats) rrefs.emplace_back(m);
+    fmt::print("\nreal-update suite: {} matrices from {} file(s) in {}\n", mats.size(), files.size(),
+               real_dir);
+    fmt::print("{:>14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10}\n", "method", "p", "dom_max",
+               "dom_median", "full_max", "GFLOP", "time[s]");
+    for (double p : ps) {
+      for (const Variant& var : variants) {
+        if (!supported(var, p)) continue;
+        std::vector<double> doms;
+        double full_max = 0, flops = 0, secs = 0;
+        for (size_t i = 0; i < mats.size(); ++i) {
+          specopt::SpectralInfo info;
+          const auto t0 = Clock::now();
+          const at::Tensor Y = specopt::spectral_power(mats[i], p, var.options, &info);
+          secs += seconds_since(t0);
+          flops += info.matmul_flops;
+          const double scale = target_scale(var, p, mats[i].size(0), mats[i].size(1));
+          const auto [d, f] = rrefs[i].errors(Y.to(at::kDouble) / scale, p);
+          doms.push_back(d);
+          full_max = std::max(full_max, f);
+        }
+        const double dom_max = *std::max_element(doms.begin(), doms.end());
+        const double dom_med = median(doms);
+        real_rows.push_back({{"method", var.name},
+                             {"p", p},
+                             {"matrices", mats.size()},
+                             {"err_dominant_max", dom_max},
+                             {"err_dominant_median", dom_med},
+                             {"err_full_max", full_max},
+                             {"matmul_flops", flops},
+                             {"time_s", secs}});
+        fmt::print("{:>14} {:>5} {:>10.2e} {:>10.2e} {:>10.2e} {:>10.3f} {:>10.3f}\n",
+                   var.method == specopt::Method::kAuto ? "auto" : var.name, p, dom_max, dom_med,
+                   full_max, flops / 1e9, secs);
         std::fflush(stdout);
       }
     }
@@ -246,7 +366,8 @@ int main(int argc, char** argv) {
                                 {"input_dtype", "float32"},
                                 {"device", "cpu"},
                                 {"total_seconds", total},
-                                {"results", results}};
+                                {"results", results},
+                                {"real_updates", real_rows}};
     const auto parent = std::filesystem::path(out_path).parent_path();
     if (!parent.empty()) std::filesystem::create_directories(parent);
     std::ofstream out(out_path);

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Markdown tables from a bench_transform JSON file (docs/transform.md is made with it).
 
-Usage: /usr/bin/python3 bench/transform_table.py docs/bench/transform_cpu.json
-Prints the target table (768² and 768×3072 rows of the issue's targets) and the full table.
+Usage: /usr/bin/python3 bench/transform_table.py docs/bench/transform_newton_cpu.json
+Prints the newton-vs-paper table (FLOPs and dominant-subspace errors), the synthetic table and,
+when the run had --real, the real-update suite table.
 """
 import json
 import sys
 
+FAMILIES = ("gaussian", "cond1e3", "cond1e8", "rank4_noise")
 
-def fmt_err(x):
+
+def e(x):
     return "n/a" if x is None else f"{x:.1e}"
 
 
@@ -16,37 +19,43 @@ def main(path):
     doc = json.load(open(path))
     rows = [r for r in doc["results"] if r.get("supported", True)]
     key = {(r["rows"], r["cols"], r["method"], r["p"]): r for r in rows}
+    shapes = sorted({(r["rows"], r["cols"]) for r in rows})
 
     print(f"Command: `{doc['command']}` ({doc['total_seconds']:.0f} s; {doc['threads']} intra-op / "
           f"{doc.get('blas_threads', '?')} BLAS threads, {doc.get('blas_kind', '?')}, torch {doc['torch_version']}).\n")
-    print("| target | shape | p | measured | met |\n|---|---|---|---|---|")
-    for (m, n) in ((768, 768), (768, 3072)):
-        for p in (0.5, 0.25):
-            nw, pa = key[(m, n, "newton", p)], key[(m, n, "paper", p)]
-            ok = max(nw["err_gaussian"], nw["err_geometric_cond1e3"]) <= 1e-3 and nw["matmul_flops"] <= pa["matmul_flops"]
-            ratio = nw["matmul_flops"] / pa["matmul_flops"]
-            print(f"| newton err ≤ 1e-3, FLOPs ≤ paper (aim ⅓) | {m}×{n} | {p:g} | err {fmt_err(nw['err_gaussian'])} / "
-                  f"{fmt_err(nw['err_geometric_cond1e3'])}; FLOPs {ratio:.2f}× paper (paper err "
-                  f"{fmt_err(pa['err_gaussian'])} / {fmt_err(pa['err_geometric_cond1e3'])}) | "
-                  f"{'yes' if ok else 'no'}{' (⅓ aim: no)' if ok and ratio > 1 / 3 else ''} |")
-        nw = key[(m, n, "newton", 0.0)]
-        ok = max(nw["err_gaussian"], nw["err_geometric_cond1e3"]) <= 1e-3
-        print(f"| newton p = 0 err ≤ 1e-3 vs UVᵀ | {m}×{n} | 0 | {fmt_err(nw['err_gaussian'])} / "
-              f"{fmt_err(nw['err_geometric_cond1e3'])} | {'yes' if ok else 'no'} |")
-    for p in (0.5, 0.25):
-        au, pa = key[(768, 768, "auto", p)], key[(768, 768, "paper", p)]
-        speed = pa["time_s"] / au["time_s"]
-        err = max(au["err_gaussian"], au["err_geometric_cond1e3"])
-        print(f"| auto ≥ 15× faster than paper, err ≤ 1e-4 | 768×768 | {p:g} | {speed:.1f}× "
-              f"({au['time_s']:.3f} s vs {pa['time_s']:.3f} s), err {err:.1e} | {'yes' if speed >= 15 and err <= 1e-4 else 'no'} |")
 
-    print("\n| shape | method | p | time [s] | err Gaussian | err cond-1e3 | GFLOP | GFLOP/s | GEMM eff. | iters |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| shape | p | newton/paper FLOPs | newton dom. err (max over families) | paper dom. err | "
+          "Muon 5-step dom. err | Polar Express dom. err |")
+    print("|---|---|---|---|---|---|---|")
+    for (m, n) in shapes:
+        for p in (0.0, 0.25, 0.5):
+            nw, pa = key.get((m, n, "newton", p)), key.get((m, n, "paper", p))
+            if not nw or not pa:
+                continue
+            dom = lambda r: max(r["families"][f]["err_dominant"] for f in FAMILIES) if r else None
+            ns = key.get((m, n, "newton_schulz", p))
+            pe = key.get((m, n, "polar_express", p))
+            print(f"| {m}×{n} | {p:g} | {nw['matmul_flops'] / pa['matmul_flops']:.2f} | {e(dom(nw))} | "
+                  f"{e(dom(pa))} | {e(dom(ns)) if p == 0 else '—'} | {e(dom(pe)) if p == 0 else '—'} |")
+
+    print("\n| shape | method | p | time [s] | dom. Gaussian | dom. cond-1e3 | dom. cond-1e8 | dom. rank4+noise | "
+          "full (max) | GFLOP | GFLOP/s | GEMM eff. | iters |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         method = r["method"] if r["method"] != "auto" else f"auto ({r['resolved_method']})"
-        print(f"| {r['rows']}×{r['cols']} | {method} | {r['p']:g} | {r['time_s']:.4f} | {fmt_err(r['err_gaussian'])} | "
-              f"{fmt_err(r['err_geometric_cond1e3'])} | {r['matmul_flops'] / 1e9:.2f} | {r['gflops_per_s']:.1f} | "
+        doms = " | ".join(e(r["families"][f]["err_dominant"]) for f in FAMILIES)
+        print(f"| {r['rows']}×{r['cols']} | {method} | {r['p']:g} | {r['time_s']:.4f} | {doms} | "
+              f"{e(r['err_full_max'])} | {r['matmul_flops'] / 1e9:.3f} | {r['gflops_per_s']:.1f} | "
               f"{r['gemm_efficiency']:.2f} | {r['iterations']} |")
+
+    real = doc.get("real_updates") or []
+    if real:
+        print(f"\nReal-update suite ({real[0]['matrices']} matrices):\n")
+        print("| method | p | dom. err max | dom. err median | full err max | GFLOP (sum) | time [s] (sum) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in real:
+            print(f"| {r['method']} | {r['p']:g} | {e(r['err_dominant_max'])} | {e(r['err_dominant_median'])} | "
+                  f"{e(r['err_full_max'])} | {r['matmul_flops'] / 1e9:.2f} | {r['time_s']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ void visit_fields(Config& c, Visitor&& v) {
   v("optim.split_rows_by_shape", c.optim.split_rows_by_shape);
   v("optim.split_rows_blocks", c.optim.split_rows_blocks);
   v("optim.spectral_tol", c.optim.spectral_tol);
+  v("optim.newton_lower", c.optim.newton_lower);
   v("optim.ns_steps", c.optim.ns_steps);
   v("optim.p_schedule", c.optim.p_schedule);
 
@@ -419,6 +420,8 @@ void TrainConfig::validate() const {
   in_range("optim.split_rows_blocks", optim.split_rows_blocks, 1, kMaxRowBlocks);
   TORCH_CHECK(optim.spectral_tol > 0 && optim.spectral_tol <= 1, "config key 'optim.spectral_tol' must lie in (0, 1], got ",
               optim.spectral_tol);
+  TORCH_CHECK(optim.newton_lower > 0 && optim.newton_lower <= 1,
+              "config key 'optim.newton_lower' must lie in (0, 1], got ", optim.newton_lower);
   in_range("optim.ns_steps", optim.ns_steps, 1, kMaxNsSteps);
 
   in_range("train.steps", train.steps, 1, kMaxSteps);

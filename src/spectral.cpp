@@ -89,18 +89,26 @@ at::Tensor counted_matmul(const at::Tensor& a, const at::Tensor& b, SpectralInfo
   return at::matmul(a, b);
 }
 
-double rank_tolerance(const SpectralOptions& o, int64_t m, int64_t n, c10::ScalarType dt) {
+double unit_roundoff(c10::ScalarType dt) {
+  switch (dt) {
+    case at::kDouble: return 2.220446049250313e-16;
+    case at::kFloat: return 1.1920928955078125e-07;
+    case at::kHalf: return 9.765625e-04;
+    default: return 7.8125e-03;  // bfloat16
+  }
+}
+
+double rank_tolerance(const SpectralOptions& o, int64_t m, int64_t n, c10::ScalarType input_dtype) {
   if (o.rank_tol() > 0) return o.rank_tol();
-  const double eps = dt == at::kDouble ? 2.220446049250313e-16
-                     : dt == at::kFloat ? 1.1920928955078125e-07
-                                        : 7.8125e-03;
-  return static_cast<double>(std::max(m, n)) * eps;
+  // ‖E‖₂ ≤ ‖E‖_F ≤ ε‖O‖_F ≤ ε √min(m, n) σ_max for the rounding error E (spectral.h).
+  return std::sqrt(static_cast<double>(std::min(m, n))) * unit_roundoff(input_dtype);
 }
 
 // Ψ_p via the SVD: U diag(σ^p) Vᵀ with σ ≤ tol·σ_max → 0.
-at::Tensor svd_power(const at::Tensor& O, double p, const SpectralOptions& o) {
+at::Tensor svd_power(const at::Tensor& O, double p, const SpectralOptions& o,
+                     c10::ScalarType input_dtype) {
   auto [U, S, Vh] = at::linalg_svd(O, /*full_matrices=*/false);
-  const double tol = rank_tolerance(o, O.size(-2), O.size(-1), O.scalar_type());
+  const double tol = rank_tolerance(o, O.size(-2), O.size(-1), input_dtype);
   auto smax = std::get<0>(S.max(-1, /*keepdim=*/true));
   auto keep = S > smax * tol;
   at::Tensor f;
@@ -118,15 +126,16 @@ at::Tensor svd_power(const at::Tensor& O, double p, const SpectralOptions& o) {
 // Ψ_p via eigh of the smaller Gram matrix: O V diag(λ^{-(1-p)/2}) Vᵀ, eq. (1).
 // `O` must be tall (m ≥ n) here.
 at::Tensor eigh_power(const at::Tensor& O, double p, const SpectralOptions& o,
-                      SpectralInfo* info) {
+                      SpectralInfo* info, c10::ScalarType input_dtype) {
   const auto A = counted_matmul(O.transpose(-2, -1), O, info);
   auto [lam, V] = at::linalg_eigh(A);
   lam = lam.clamp_min(0);
-  const double tol = rank_tolerance(o, O.size(-2), O.size(-1), O.scalar_type());
+  const double tol = rank_tolerance(o, O.size(-2), O.size(-1), input_dtype);
   auto lmax = std::get<0>(lam.max(-1, /*keepdim=*/true));
-  // λ = σ², so σ ≤ tol σ_max  <=>  λ ≤ tol² λ_max. Rounding in forming A
-  // limits what eigh can resolve to ~ε·λ_max, so use the larger threshold.
-  const double lam_tol = std::max(tol * tol, tol / std::max<int64_t>(1, O.size(-2)));
+  // λ = σ², so σ ≤ tol σ_max  <=>  λ ≤ tol² λ_max. Rounding in forming A in
+  // the compute dtype limits what eigh can resolve to ~ε λ_max, so use the
+  // larger threshold.
+  const double lam_tol = std::max(tol * tol, unit_roundoff(O.scalar_type()));
   auto keep = lam > lmax * lam_tol;
   const double r = (1.0 - p) / 2.0;
   at::Tensor f = p < 0 ? (lam + o.neg_eps() * lmax).pow(-r) : lam.pow(-r);

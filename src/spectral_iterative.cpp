@@ -232,6 +232,8 @@ constexpr std::array<std::array<double, 3>, 8> kPolarExpressCoefficients = {{
     {1.875, -1.25, 0.375},
 }};
 
+}  // namespace
+
 std::array<double, 3> ns_step_coefficients(NsCoefficients set, int64_t step) {
   if (set == NsCoefficients::kMuon) return kMuonCoefficients;
   const int64_t last = static_cast<int64_t>(kPolarExpressCoefficients.size()) - 1;
@@ -243,6 +245,8 @@ std::array<double, 3> ns_step_coefficients(NsCoefficients set, int64_t step) {
   }
   return abc;
 }
+
+namespace {
 
 at::Tensor quintic_newton_schulz(at::Tensor X, int64_t steps, NsCoefficients set,
                                  SpectralInfo* info) {
@@ -342,43 +346,15 @@ Method resolve_auto(const at::Tensor& O, double p, const SpectralOptions& o) {
 
 }  // namespace
 
-at::Tensor newton_power(const at::Tensor& X, double p, const SpectralOptions& o,
-                        SpectralInfo* info) {
-  TORCH_CHECK_VALUE(o.newton_lower() > 0 && o.newton_lower() <= 1,
-              "spectral_power: newton_lower must lie in (0, 1], got ", o.newton_lower());
-  TORCH_CHECK_VALUE(o.iterations() >= 0, "spectral_power: iterations must be >= 0, got ", o.iterations());
-  TORCH_CHECK_VALUE(o.tol() > 0, "spectral_power: tol must be > 0, got ", o.tol());
-  if (p > 0 && p < 0.5) {
-    // Ψ_p = Ψ_{2p} ∘ Ψ_½. Ψ_½ halves the spectral range (σ ↦ σ^{1/2}), so the
-    // second Gram matrix has condition number cond(O) instead of cond(O)²:
-    // far more accurate in float32 than one inverse (1-p)/2-root of the
-    // original Gram matrix, whose rounding error ε λ_max swamps λ_min.
-    const at::Tensor H = newton_power(X, 0.5, o, info);
-    const double p_half = info->p_effective;
-    SpectralOptions o2 = o;
-    o2.newton_lower(std::sqrt(o.newton_lower()));
-    // Rescale H to max |entry| = 1 (the kernel's precondition); undo with
-    // s^{p₂} using the exponent actually computed.
-    at::Tensor s = H.abs().amax({-2, -1}, /*keepdim=*/true);
-    s = at::where(s == 0, at::ones_like(s), s);
-    const at::Tensor R = newton_power(H / s, 2 * p, o2, info);
-    const at::Tensor out = R * s.pow(info->p_effective);
-    info->p_effective *= p_half;
-    return out;
-  }
+// p < 0: the ε-regularised coupled inverse root X (A + ε λ_max I)^{-k/q}
+// (newton_root). ε bounds the condition number by 1/ε, where the coupled
+// iteration is accurate; p ≥ 0 uses the polar route (spectral_newton.cpp).
+at::Tensor newton_negative_power(const at::Tensor& X, double p, const SpectralOptions& o,
+                                 SpectralInfo* info) {
+  TORCH_CHECK(p < 0, "newton_negative_power: p must be < 0, got ", p);
   const auto [k, q] = rational_approximation((1.0 - p) / 2.0);
   info->p_effective = 1.0 - 2.0 * static_cast<double>(k) / static_cast<double>(q);
-  if (k == 0) return X;
-  at::Tensor Y = newton_root(X, k, q, p, o.newton_lower(), o, info);
-  if (p == 0) {
-    // One Newton–Schulz refinement on the tall result, Y ← Y(3I - YᵀY)/2:
-    // the Gram matrix is re-formed from Y, so the float32 rounding error of
-    // the first Gram matrix (which limits the coupled iteration to ~1e-3 on
-    // ill-conditioned inputs) is corrected quadratically.
-    const at::Tensor G = counted_matmul(Y.transpose(-2, -1), Y, info);
-    Y = counted_matmul(Y, identity_like(G) * 1.5 - G * 0.5, info);
-  }
-  return Y;
+  return newton_root(X, k, q, p, o.newton_lower(), o, info);
 }
 
 at::Tensor newton_schulz_power(const at::Tensor& X, double p, const SpectralOptions& o,
@@ -479,8 +455,8 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
   X = fresh ? X.div_(s) : X / s;
   at::Tensor Y;
   switch (method) {
-    case Method::kSvd: Y = svd_power(X, p, o); break;
-    case Method::kEigh: Y = eigh_power(X, p, o, info); break;
+    case Method::kSvd: Y = svd_power(X, p, o, in_dtype); break;
+    case Method::kEigh: Y = eigh_power(X, p, o, info, in_dtype); break;
     case Method::kNewton: Y = newton_power(X, p, o, info); break;
     case Method::kNewtonSchulz: Y = newton_schulz_power(X, p, o, info); break;
     case Method::kPaper: Y = paper_power(X, p, info); break;
@@ -490,6 +466,17 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
   // p); all-zero matrices give exact zeros whatever the kernel returned.
   Y = Y * s.to(Y.scalar_type()).pow(info->p_effective);
   if (any_zero) Y.masked_fill_(zero, 0);
+  // Zero rows / columns of O are zero rows / columns of Ψ_p(O) (they lie in
+  // the null spaces). newton keeps them exactly zero by construction; the
+  // exact methods' U f(Σ) Vᵀ products leave rounding there, so mask it
+  // (spectral.h, "Tiny singular values"). Two reductions of X, already read.
+  // `paper` is left as the published scheme computes it.
+  if (method != Method::kNewton && method != Method::kPaper) {
+    const at::Tensor zero_rows = X.abs().amax(-1, /*keepdim=*/true) == 0;
+    const at::Tensor zero_cols = X.abs().amax(-2, /*keepdim=*/true) == 0;
+    if ((zero_rows.any() | zero_cols.any()).item<bool>())
+      Y = Y.masked_fill(zero_rows | zero_cols, 0);
+  }
   check_finite_result(Y, method, p, O);
   if (wide) Y = Y.transpose(-2, -1);
   // One pass for dtype and layout together.

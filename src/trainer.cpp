@@ -485,7 +485,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
   spec.split_rows_patterns = c.optim.split_rows;
   spec.split_rows_by_shape = c.optim.split_rows_by_shape;
   spec.split_rows_blocks = c.optim.split_rows_blocks;
-  spec.spectral.tol(c.optim.spectral_tol).ns_steps(c.optim.ns_steps);
+  spec.spectral.tol(c.optim.spectral_tol).ns_steps(c.optim.ns_steps).newton_lower(c.optim.newton_lower);
   m.optimizer = make_optimizer(m.module->named_parameters(), spec);
   m.p_schedule = PSchedule::parse(c.optim.p_schedule);
 

@@ -75,6 +75,7 @@ struct OptimConfig {
   bool split_rows_by_shape = false;  // also split matrices with rows = split_rows_blocks × cols (the study's rule)
   int64_t split_rows_blocks = 3;
   double spectral_tol = 1e-4;  // SpectralOptions::tol
+  double newton_lower = 1e-3;  // SpectralOptions::newton_lower (method newton)
   int64_t ns_steps = 5;        // SpectralOptions::ns_steps
   // p as a function of the step (matrix group): "" = the variant's constant p;
   // "constant:P", "linear:A->B" or "cosine:A->B" (from A at step 0 to B at the last step).

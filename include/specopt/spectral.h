@@ -6,12 +6,29 @@
 // so the cost is one m·n² product for the Gram matrix, a few n³ products on
 // the n×n Gram side (n = min(rows, cols)) and one m·n² product back.
 //
+// `newton` (p ≥ 0) instead factors O = Q H (polar decomposition) and uses
+//     Ψ_p(O) = Q H^p,   H = QᵀO ⪰ 0,                                (2)
+// with Q and H^p computed by odd / bounded polynomial iterations (details in
+// src/spectral_newton.cpp and docs/transform.md).
+//
 // Conventions (all methods):
 //  * Leading dimensions are a batch: O has shape (..., m, n).
-//  * Zero singular values map to zero for every p, p = 0 included (so an
-//    all-zero matrix maps to zeros, and Ψ_0 of a rank-deficient matrix is
-//    the partial isometry on its range). Singular values below
-//    `rank_tol · σ_max` count as zero for the exact methods.
+//  * Tiny singular values (one convention for every method). Let
+//    τ = rank_tol, or by default τ = √min(m, n)·ε_in with ε_in the machine
+//    epsilon of O's dtype as given (2^-23 float32, 2^-7 bfloat16, 2^-10 half,
+//    2^-52 float64): rounding O to its dtype moves its singular values by at most
+//    ‖E‖₂ ≤ ‖E‖_F ≤ ε_in‖O‖_F ≤ τ σ_max, so singular values ≤ τ σ_max carry no
+//    information. Every method returns U f(Σ) Vᵀ with
+//      - f(σ) = σ^p (to the method's accuracy) on the dominant part
+//        σ ≥ max(τ, newton_lower)·σ_max;
+//      - 0 ≤ f(σ) ≤ (1 + small)·σ^p everywhere (nothing is amplified, for
+//        p = 0 too: f ≤ 1 + small);
+//      - f(0) = 0 for every p, p = 0 included: a zero matrix, zero rows or
+//        columns and exactly rank-deficient directions map to zero.
+//    svd and eigh set f(σ) = 0 for σ ≤ τ σ_max; newton computes f(σ) =
+//    g(σ)^{1+p}σ^p-like values with a polynomial g ≈ 1 above newton_lower,
+//    falling to 0 at σ = 0 (so values below newton_lower are attenuated, never
+//    amplified).
 //  * p = 1 returns the input tensor itself (no copy).
 //  * p < 0 (down to -1/2) is ε-regularised: Ψ_p(O) = O (OᵀO + ε σ_max² I)^{-(1-p)/2},
 //    with ε = `neg_eps`; it bounds the gain of tiny singular values by
@@ -36,7 +53,9 @@ namespace specopt {
 // bindings through method_name / parse_method.
 enum class Method {
   kAuto,          // "auto": fastest method meeting `tol` on the tensor's device
-  kNewton,        // "newton": coupled Newton iteration for inverse roots, matmuls only
+  kNewton,        // "newton": matmuls only; p ≥ 0: polar factor by Polar Express
+                  // quintics, then H^p by coupled square-root iterations, eq. (2);
+                  // p < 0: ε-regularised coupled inverse root
   kNewtonSchulz,  // "newton_schulz": Muon's quintic Newton–Schulz, p = 0 only
   kPaper,         // "paper": bit-for-bit the published study's scheme (p ∈ {0, ¼, ½, 1})
   kEigh,          // "eigh": exact, symmetric eigendecomposition of the Gram matrix
@@ -59,18 +78,19 @@ NsCoefficients parse_ns_coefficients(const std::string& name);
 struct SpectralOptions {
   TORCH_ARG(Method, method) = Method::kAuto;
   // Accuracy setting: target relative error in each singular value of the
-  // result. newton: stops when its predicted error (scalar recursion over the
-  // assumed spectrum interval) is below tol; eigh (and auto on CPU): tol < 1e-3
-  // runs in float64 unless compute_dtype is set.
+  // result. newton: every stage stops when its predicted error (scalar
+  // recursion of its polynomials over [newton_lower, 1]) is below tol; eigh
+  // (and auto on CPU): tol < 1e-3 runs in float64 unless compute_dtype is set.
   TORCH_ARG(double, tol) = 1e-4;
-  // newton: fixed iteration count when > 0 (tol is then ignored for stopping);
-  // 0 = stop on tol (with an internal safety cap).
+  // newton: when N > 0, every stage stops at step N of the Polar Express
+  // schedule (tol is then ignored; the square-root stages enter that schedule
+  // later, so they run fewer steps, at least one; N = 8 meets 1e-3 on
+  // [1e-3, 1]). 0 = stop on tol (with a safety cap of 40 steps per stage).
   TORCH_ARG(int64_t, iterations) = 0;
-  // newton: the assumed lower bound of σ_min/σ_max used to choose the
-  // per-step polynomial coefficients and the stopping point. Smaller singular
-  // values converge more slowly and may be unconverged at the stop (see
-  // SpectralInfo::residual and docs/transform.md).
-  TORCH_ARG(double, newton_lower) = 1e-4;
+  // newton: the lower end ℓ of the accuracy interval: singular values
+  // σ ≥ ℓ σ_max meet tol; smaller ones are attenuated (never amplified).
+  // Sets where each stage enters the Polar Express schedule and when it stops.
+  TORCH_ARG(double, newton_lower) = 1e-3;
   // newton_schulz: step count and coefficient set.
   TORCH_ARG(int64_t, ns_steps) = 5;
   TORCH_ARG(NsCoefficients, ns_coefficients) = NsCoefficients::kMuon;
@@ -81,7 +101,7 @@ struct SpectralOptions {
   // p < 0 regularisation (see above).
   TORCH_ARG(double, neg_eps) = 1e-3;
   // Exact methods: singular values ≤ rank_tol·σ_max count as zero.
-  // 0 = max(m, n)·machine-ε of the compute dtype.
+  // 0 = √min(m, n)·ε of the INPUT dtype (the rounding floor τ above).
   TORCH_ARG(double, rank_tol) = 0.0;
   // Check the input for NaN/Inf (one reduction). Turn off only when the
   // caller has already checked (the optimizers do).
@@ -92,12 +112,17 @@ struct SpectralOptions {
 struct SpectralInfo {
   Method method = Method::kAuto;  // the method actually used (auto resolved)
   int64_t iterations = 0;         // iterations of the iterative method(s), summed over
-                                  // stages (newton 0<p<½: two runs; paper: 15 per
-                                  // coupled iteration)
-  double residual = 0.0;          // newton: max over batch of ‖M - I‖_F/√n before the
-                                  // final step (which needs no M update)
-  double p_effective = 0.0;       // the p actually computed (newton approximates
-                                  // irrational p by a rational k/q, q ≤ 64)
+                                  // stages (newton p ≥ 0: polar steps + the steps of
+                                  // each square-root stage; paper: 15 per coupled
+                                  // iteration)
+  double residual = 0.0;          // newton, p ≥ 0: predicted relative error of the
+                                  // singular values in [newton_lower·σ_max, σ_max]
+                                  // (scalar recursion of the polynomials, max over
+                                  // stages); p < 0: max over batch of ‖M - I‖_F/√n
+                                  // before the final step
+  double p_effective = 0.0;       // the p actually computed (newton rounds p ≥ 0 to
+                                  // the nearest multiple of 1/64, p < 0 to the
+                                  // nearest k/q, q ≤ 64)
   double matmul_flops = 0.0;      // 2·m·n·k summed over every matrix product (whole batch)
 };
 
