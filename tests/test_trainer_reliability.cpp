@@ -215,6 +215,11 @@ TEST(Signals, SigtermCheckpointsAndExits75WhileASecondWriterIsRefused) {
   const pid_t first = spawn_cli({"train", config, "--run-dir", run, "--progress", "lines"}, dir + "/first.log");
   ASSERT_TRUE(wait_for([&] { return lines_of(run + "/metrics.jsonl") >= 5; })) << slurp(dir + "/first.log");
 
+  // The run is stopped while the second writer is tried: the 1500 steps take
+  // about as long as a process start, so a running first run could finish
+  // (and leave its signal handler) before SIGTERM arrives.
+  ::kill(first, SIGSTOP);
+
   // Item 9: a second process on the same directory is refused at once, by PID.
   const int second = wait_exit_code(spawn_cli({"train", config, "--run-dir", run, "--quiet"}, dir + "/second.log"));
   EXPECT_EQ(second, 1);
@@ -223,7 +228,8 @@ TEST(Signals, SigtermCheckpointsAndExits75WhileASecondWriterIsRefused) {
   EXPECT_NE(refusal.find(run + "/lock"), std::string::npos) << refusal;
 
   // Item 1: SIGTERM finishes the step, writes the checkpoint and the metrics, exits 75.
-  ::kill(first, SIGTERM);
+  ::kill(first, SIGTERM);  // pending until the run continues
+  ::kill(first, SIGCONT);
   ASSERT_EQ(wait_exit_code(first), specopt::kExitInterrupted) << slurp(dir + "/first.log");
   const std::string log = slurp(dir + "/first.log");
   EXPECT_NE(log.find("SIGTERM at step"), std::string::npos) << log;
