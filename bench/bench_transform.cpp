@@ -3,9 +3,11 @@
 // SVD on two matrix families (Gaussian; geometric spectrum with condition
 // number 1e3), the matrix-product FLOPs (SpectralInfo::matmul_flops) and the
 // GEMM efficiency (FLOPs/time ÷ the measured torch::mm rate at that size).
-// Prints a table and writes JSON.
+// Prints a table and writes JSON. --device cuda runs the transform (and the
+// GEMM rate) on the GPU; references stay float64 on the CPU.
 //
 //   build/bench_transform --quick --out runs/bench_transform.json
+//   build/bench_transform --device cuda --out $OUT/bench_transform_cuda.json
 #include "specopt/spectral.h"
 #include "specopt/threads.h"
 
@@ -14,6 +16,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -30,7 +33,16 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Where the transform runs; GPU kernels are asynchronous, so every timed
+// interval ends with a synchronize on that device.
+at::Device g_device(at::kCPU);
+
+void device_sync() {
+  if (g_device.is_cuda()) torch::cuda::synchronize(g_device.has_index() ? g_device.index() : -1);
+}
+
 double seconds_since(Clock::time_point t0) {
+  device_sync();
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
@@ -93,8 +105,9 @@ double rel_err(const at::Tensor& Y, const at::Tensor& R) {
 
 // GFLOP/s of torch::mm for an n×n by n×n float32 product (median of reps).
 double gemm_rate(int64_t n, int reps) {
-  const auto a = at::randn({n, n}), b = at::randn({n, n});
+  const auto a = at::randn({n, n}, at::device(g_device)), b = at::randn({n, n}, at::device(g_device));
   at::mm(a, b);
+  device_sync();
   std::vector<double> t;
   for (int i = 0; i < std::max(3, reps); ++i) {
     const auto t0 = Clock::now();
@@ -132,7 +145,14 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads,
                  "CPU threads through specopt::set_cpu_threads (default 0: OMP_NUM_THREADS or all cores)");
+  std::string device = "cpu";
+  app.add_option("--device", device, "where the transform runs: cpu, cuda or cuda:N (default cpu)");
   CLI11_PARSE(app, argc, argv);
+  g_device = at::Device(device);
+  if (g_device.is_cuda() && !torch::cuda::is_available()) {
+    std::cerr << "bench_transform: --device " << device << " but no CUDA device is available\n";
+    return 1;
+  }
   const specopt::CpuThreads pools = specopt::set_cpu_threads(threads);
 
   std::vector<specopt::Method> methods;
@@ -165,6 +185,7 @@ int main(int argc, char** argv) {
     at::manual_seed(static_cast<int64_t>(seed) + shape.rows * 131 + shape.cols);
     const at::Tensor inputs[2] = {gaussian(shape), geometric(shape, 1e3)};
     const Reference refs[2] = {Reference(inputs[0]), Reference(inputs[1])};
+    const at::Tensor on_device[2] = {inputs[0].to(g_device), inputs[1].to(g_device)};
     const int64_t n = std::min(shape.rows, shape.cols);
     const double rate = gemm_rate(n, reps);
     for (double p : ps) {
@@ -196,12 +217,13 @@ int main(int argc, char** argv) {
           const int calls = f == 0 ? (quick ? reps : reps + 1) : 1;
           at::Tensor Y;
           for (int c = 0; c < calls; ++c) {
+            device_sync();
             const auto t0 = Clock::now();
-            Y = specopt::spectral_power(inputs[f], p, options, &info[f]);
+            Y = specopt::spectral_power(on_device[f], p, options, &info[f]);
             const double t = seconds_since(t0);
             if (f == 0 && (quick || c > 0)) times.push_back(t);
           }
-          err[f] = rel_err(Y, expect[f] * target_scale);
+          err[f] = rel_err(Y.cpu(), expect[f] * target_scale);
         }
         const specopt::SpectralInfo& info_g = info[0];
         const double flops_geo = info[1].matmul_flops;
@@ -244,7 +266,7 @@ int main(int argc, char** argv) {
                                 {"blas_threads", pools.blas},
                                 {"blas_kind", pools.blas_kind},
                                 {"input_dtype", "float32"},
-                                {"device", "cpu"},
+                                {"device", g_device.str()},
                                 {"total_seconds", total},
                                 {"results", results}};
     const auto parent = std::filesystem::path(out_path).parent_path();
