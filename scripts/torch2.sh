@@ -19,7 +19,7 @@
 #                          sources, else http://deb.debian.org/debian)
 #   SPECOPT_TORCH2_BUILD   build dir inside the checkout (default build-torch2)
 #
-# Safety: every mount (/proc, /dev, /sys, the checkout) is made inside a private mount
+# Safety: every mount (/proc, /dev, /sys, the checkout and ../shared beside it) is made inside a private mount
 # namespace (unshare -m) that dies with the command, so nothing stays mounted after an exit,
 # an error or a kill, and the root can be deleted at any time. debootstrap writes into
 # ROOT.partial, which is renamed to ROOT only when it finished, so a half-made root from an
@@ -76,6 +76,11 @@ enter() {
     mount --rbind /sys "$root/sys"
     mkdir -p "$root$repo"
     mount --bind "$repo" "$root$repo"
+    # The reference files beside the checkout (../shared, read-only), where they exist.
+    shared=$(realpath -m "$repo/../shared")
+    if [[ -d $shared ]]; then
+      mkdir -p "$root$shared"; mount --bind "$shared" "$root$shared"; mount -o remount,bind,ro "$root$shared"
+    fi
     # $OUT (gpu-check.sh) at the same path when it lies outside the checkout.
     if [[ -n ${OUT:-} && -d $OUT && $OUT != "$repo"/* ]]; then mkdir -p "$root$OUT"; mount --bind "$OUT" "$root$OUT"; fi
     cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
