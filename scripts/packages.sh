@@ -7,6 +7,6 @@ SPECOPT_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
   libcli11-dev libtomlplusplus-dev libfmt-dev nlohmann-json3-dev
   python3-dev python3-torch python3-pybind11 pybind11-dev python3-matplotlib python3-numpy python3-pytest
-  python3-pip python3-venv
+  python3-pip python3-venv python3-setuptools
   bible-kjv dataset-fashion-mnist
 )

@@ -142,10 +142,13 @@ pip_smoke() {
   # A venv that sees the root's system torch (no PyPI here: --no-build-isolation); the build
   # dir sits next to build-torch2/ (same depth) so ccache serves the library objects.
   enter /bin/bash -ec '
-    venv=$1/.venv-pip
+    venv=$PWD/$1/.venv-pip
     rm -rf "$venv"
     /usr/bin/python3 -m venv --system-site-packages "$venv"
-    SPECOPT_BUILD_DIR=$PWD/$1-pip "$venv/bin/pip" install -q --no-build-isolation .
+    # --no-deps: sid'"'"'s own metadata does not resolve (its sympy 1.14 asks for mpmath < 1.4,
+    # python3-mpmath is 1.4.1), so pip'"'"'s resolver would go to PyPI; pip_smoke.py checks
+    # that the recorded torch pin is the installed torch instead.
+    SPECOPT_BUILD_DIR=$PWD/$1-pip "$venv/bin/pip" install -q --no-build-isolation --no-deps .
     "$venv/bin/pip" show specopt | grep -E "^(Name|Version|Requires):"
     cd /tmp && "$venv/bin/python" "$0"
   ' "$REPO/scripts/pip_smoke.py" "$BUILD"
