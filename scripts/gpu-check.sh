@@ -21,6 +21,7 @@ BUILD=${SPECOPT_GPU_BUILD:-build-gpu}
 DEVICE=${SPECOPT_GPU_CHECK_DEVICE:-cuda}
 PY=$(command -v "${PYTHON:-python3}")
 mkdir -p "$OUT"
+: > "$OUT/gpu-check.log"
 T0=$SECONDS
 log() { echo "[gpu-check $((SECONDS - T0)) s] $*" | tee -a "$OUT/gpu-check.log"; }
 fail() { log "FAILED: $*"; exit 1; }

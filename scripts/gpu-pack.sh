@@ -4,7 +4,7 @@
 # fmt, used header-only), zlib's two headers, and GoogleTest's sources, from this machine's
 # Debian packages (scripts/setup.sh installs them). LibTorch, Gloo and NCCL come with the pip
 # torch; CMake, ninja, a C++ compiler and pybind11 are expected there.
-# Usage: scripts/gpu-pack.sh [folder]      (default third_party-pack; about 7 MB, gitignored)
+# Usage: scripts/gpu-pack.sh [folder]      (default third_party-pack; 6.6 MB, gitignored)
 # Then build with -DSPECOPT_DEPS_DIR=<folder> (gpu-check.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
