@@ -12,9 +12,11 @@
 // torch::save'd list of matrices, as tests/test_spectral_real.cpp caches them
 // in build/real_updates) is run through every method, reporting the worst
 // dominant/full error, the summed FLOPs and the summed time.
-// Prints tables and writes JSON.
+// Prints tables and writes JSON. --device cuda runs the transform (and the
+// GEMM rate) on the GPU; references stay float64 on the CPU.
 //
 //   build/bench_transform --quick --out runs/bench_transform.json
+//   build/bench_transform --device cuda --out $OUT/bench_transform_cuda.json
 #include "specopt/spectral.h"
 #include "specopt/threads.h"
 
@@ -23,6 +25,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 #include <torch/serialize.h>
 #include <torch/version.h>
 
@@ -40,7 +43,16 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// Where the transform runs; GPU kernels are asynchronous, so every timed
+// interval ends with a synchronize on that device.
+at::Device g_device(at::kCPU);
+
+void device_sync() {
+  if (g_device.is_cuda()) torch::cuda::synchronize(g_device.has_index() ? g_device.index() : -1);
+}
+
 double seconds_since(Clock::time_point t0) {
+  device_sync();
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
@@ -142,8 +154,9 @@ std::vector<Variant> variants_for(const std::vector<specopt::Method>& methods, b
 
 // GFLOP/s of torch::mm for an n×n by n×n float32 product (median of reps).
 double gemm_rate(int64_t n, int reps) {
-  const auto a = at::randn({n, n}), b = at::randn({n, n});
+  const auto a = at::randn({n, n}, at::device(g_device)), b = at::randn({n, n}, at::device(g_device));
   at::mm(a, b);
+  device_sync();
   std::vector<double> t;
   for (int i = 0; i < std::max(3, reps); ++i) {
     const auto t0 = Clock::now();
@@ -184,7 +197,14 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--threads", threads,
                  "CPU threads through specopt::set_cpu_threads (default 0: OMP_NUM_THREADS or all cores)");
+  std::string device = "cpu";
+  app.add_option("--device", device, "where the transform runs: cpu, cuda or cuda:N (default cpu)");
   CLI11_PARSE(app, argc, argv);
+  g_device = at::Device(device);
+  if (g_device.is_cuda() && !torch::cuda::is_available()) {
+    std::cerr << "bench_transform: --device " << device << " but no CUDA device is available\n";
+    return 1;
+  }
   const specopt::CpuThreads pools = specopt::set_cpu_threads(threads);
 
   std::vector<specopt::Method> methods;
@@ -231,6 +251,8 @@ int main(int argc, char** argv) {
                                   rank_plus_noise(shape)};
     const Reference refs[4] = {Reference(inputs[0]), Reference(inputs[1]), Reference(inputs[2]),
                                Reference(inputs[3])};
+    at::Tensor on_device[4];
+    for (int f = 0; f < 4; ++f) on_device[f] = inputs[f].to(g_device);
     const int64_t n = std::min(shape.rows, shape.cols);
     const double rate = gemm_rate(n, reps);
     for (double p : ps) {
@@ -257,12 +279,13 @@ int main(int argc, char** argv) {
           const int calls = f == 0 ? (quick ? reps : reps + 1) : 1;
           at::Tensor Y;
           for (int c = 0; c < calls; ++c) {
+            device_sync();
             const auto t0 = Clock::now();
-            Y = specopt::spectral_power(inputs[f], p, var.options, &info[f]);
+            Y = specopt::spectral_power(on_device[f], p, var.options, &info[f]);
             const double t = seconds_since(t0);
             if (f == 0 && (quick || c > 0)) times.push_back(t);
           }
-          std::tie(dom[f], full[f]) = refs[f].errors(Y.to(at::kDouble) / scale, p);
+          std::tie(dom[f], full[f]) = refs[f].errors(Y.cpu().to(at::kDouble) / scale, p);
         }
         const specopt::SpectralInfo& info_g = info[0];
         const double t_med = median(times);
@@ -326,12 +349,14 @@ int main(int argc, char** argv) {
         double full_max = 0, flops = 0, secs = 0;
         for (size_t i = 0; i < mats.size(); ++i) {
           specopt::SpectralInfo info;
+          const at::Tensor M = mats[i].to(g_device);
+          device_sync();
           const auto t0 = Clock::now();
-          const at::Tensor Y = specopt::spectral_power(mats[i], p, var.options, &info);
+          const at::Tensor Y = specopt::spectral_power(M, p, var.options, &info);
           secs += seconds_since(t0);
           flops += info.matmul_flops;
           const double scale = target_scale(var, p, mats[i].size(0), mats[i].size(1));
-          const auto [d, f] = rrefs[i].errors(Y.to(at::kDouble) / scale, p);
+          const auto [d, f] = rrefs[i].errors(Y.cpu().to(at::kDouble) / scale, p);
           doms.push_back(d);
           full_max = std::max(full_max, f);
         }
@@ -364,7 +389,7 @@ int main(int argc, char** argv) {
                                 {"blas_threads", pools.blas},
                                 {"blas_kind", pools.blas_kind},
                                 {"input_dtype", "float32"},
-                                {"device", "cpu"},
+                                {"device", g_device.str()},
                                 {"total_seconds", total},
                                 {"results", results},
                                 {"real_updates", real_rows}};

@@ -6,18 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${1:-build}
 
-PACKAGES=(
-  build-essential cmake ninja-build ccache pkg-config
-  libtorch-dev libgloo-dev libopenblas0-pthread libopenblas-pthread-dev zlib1g-dev
-  libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
-  libcli11-dev libtomlplusplus-dev libfmt-dev nlohmann-json3-dev
-  python3-dev python3-torch python3-pybind11 pybind11-dev python3-matplotlib python3-numpy python3-pytest
-  bible-kjv dataset-fashion-mnist
-)
+source scripts/packages.sh
 
 if [[ "${SPECOPT_SKIP_APT:-0}" != 1 ]]; then
   missing=()
-  for p in "${PACKAGES[@]}"; do
+  for p in "${SPECOPT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]})); then

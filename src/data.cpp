@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -109,32 +110,40 @@ std::vector<uint8_t> read_plain(const std::string& path) {
   return bytes;
 }
 
-// Whole file through zlib: gzip-compressed files are inflated, other files
-// are read as they are (gzread's transparent mode).
+// Whole file; a gzip file (magic 1f 8b) is inflated, any other is returned as
+// it is. zlib's inflate() rather than gzread(): from zlib 1.3.1.2 on, gzread
+// returns no data and no error for a stream corrupted in its deflate data
+// (Debian sid's 1.3.2 reads one as an empty file), while inflate() reports
+// Z_DATA_ERROR on every version, and a stream cut short is one that runs out
+// of input before Z_STREAM_END. Concatenated members are read one after the
+// other and bytes after the last member are ignored, as gzread does.
 std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
-  check_exists(path);
-  gzFile gz = gzopen(path.c_str(), "rb");
-  TORCH_CHECK(gz != nullptr, "cannot open '", path, "': ", std::strerror(errno));
+  std::vector<uint8_t> in = read_plain(path);
+  const auto is_gzip = [](const uint8_t* p, size_t n) { return n >= 2 && p[0] == 0x1f && p[1] == 0x8b; };
+  if (!is_gzip(in.data(), in.size())) return in;
+  TORCH_CHECK(in.size() <= UINT_MAX, "'", path, "': gzip files over 4 GiB are not supported");
+  z_stream z{};
+  TORCH_CHECK(inflateInit2(&z, 16 + MAX_WBITS) == Z_OK, "'", path, "': zlib's inflateInit2 failed");
+  z.next_in = in.data();
+  z.avail_in = static_cast<uInt>(in.size());
   std::vector<uint8_t> bytes;
   std::vector<uint8_t> chunk(1 << 20);
   std::string error;
   while (true) {
-    const int n = gzread(gz, chunk.data(), static_cast<unsigned>(chunk.size()));
-    if (n < 0) {
-      int code = 0;
-      error = gzerror(gz, &code);
-      break;
+    z.next_out = chunk.data();
+    z.avail_out = static_cast<uInt>(chunk.size());
+    const int rc = inflate(&z, Z_NO_FLUSH);
+    bytes.insert(bytes.end(), chunk.begin(), chunk.end() - z.avail_out);
+    if (rc == Z_OK) continue;
+    if (rc == Z_STREAM_END) {
+      if (!is_gzip(z.next_in, z.avail_in)) break;
+      inflateReset(&z);
+      continue;
     }
-    if (n == 0) {
-      // A gzip stream that ends early reports Z_BUF_ERROR only through gzerror.
-      int code = Z_OK;
-      const char* message = gzerror(gz, &code);
-      if (code != Z_OK) error = message;
-      break;
-    }
-    bytes.insert(bytes.end(), chunk.begin(), chunk.begin() + n);
+    error = rc == Z_BUF_ERROR && z.avail_in == 0 ? "unexpected end of file" : (z.msg ? z.msg : zError(rc));
+    break;
   }
-  gzclose(gz);
+  inflateEnd(&z);
   TORCH_CHECK(error.empty(), "'", path, "': corrupt gzip data (zlib: ", error, ")");
   TORCH_CHECK(!bytes.empty(), "'", path, "' is empty");
   return bytes;

@@ -55,15 +55,6 @@ namespace specopt {
 namespace dist {
 namespace {
 
-// c10d's collective interface: ProcessGroup in LibTorch 1.x; in 2.x a
-// ProcessGroup dispatches to per-device Backends (ProcessGroupGloo/NCCL derive
-// from Backend) which keep the same collective signatures.
-#if TORCH_VERSION_MAJOR >= 2
-using CollectiveBackend = c10d::Backend;
-#else
-using CollectiveBackend = c10d::ProcessGroup;
-#endif
-
 using Seconds = std::chrono::duration<double>;
 
 std::chrono::milliseconds to_ms(double seconds) {
@@ -111,7 +102,7 @@ bool launched_as_rank() {
 
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<CollectiveBackend> backend;
+  c10::intrusive_ptr<compat::CollectiveBackend> backend;
   std::string backend_name;
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
@@ -140,6 +131,7 @@ Communicator::Communicator(const DistOptions& options)
   store_options.numWorkers = static_cast<std::size_t>(o.world_size());
   store_options.waitWorkers = true;  // rank 0 returns once all ranks connected
   store_options.timeout = to_ms(o.timeout_s());
+  compat::portable_store_backend(store_options);
   try {
     auto tcp = c10::make_intrusive<c10d::TCPStore>(o.master_addr(), store_options);
     impl_->store = c10::make_intrusive<c10d::PrefixStore>("specopt", tcp);

@@ -6,7 +6,6 @@
 #include "spectral_internal.h"
 
 #include <ATen/ATen.h>
-#include <torch/linalg.h>
 
 #include <algorithm>
 #include <cctype>

@@ -119,6 +119,12 @@ void check_state_tensor(const at::Tensor& t, const at::Tensor& param, const std:
 
 // ---- SpectralOptimizerBase ------------------------------------------------------
 
+SpectralOptimizerBase::SpectralOptimizerBase(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                                             std::unique_ptr<OptimizerOptions> defaults)
+    : Optimizer(param_groups, std::move(defaults)) {
+  compat::keep_group_options(param_groups_, param_groups);
+}
+
 void SpectralOptimizerBase::set_parameter_names(size_t group, std::vector<std::string> names) {
   TORCH_CHECK(group < param_groups_.size(), "set_parameter_names: group ", group, " does not exist (",
               param_groups_.size(), " groups)");

@@ -3,7 +3,6 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/types.h>
-#include <torch/linalg.h>
 #include <torch/optim/optimizer.h>
 #include <torch/serialize.h>
 #include <torch/nn/module.h>

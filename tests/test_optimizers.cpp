@@ -481,6 +481,47 @@ TEST(SaveLoad, ResumedRunIsBitIdenticalToUninterrupted) {
   }
 }
 
+// A group keeps the options it was given, and a group without options gets the
+// optimizer's defaults, on every LibTorch (2.14's add_param_group alone would
+// replace the options of these custom types by the defaults; compat.h).
+TEST(Groups, OwnOptionsKeptOthersGetTheDefaults) {
+  auto params = make_params(at::kFloat);
+  {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(std::vector<at::Tensor>{params[0]},
+                        std::make_unique<specopt::SpectralAdamWOptions>(
+                            specopt::SpectralAdamWOptions(0.25).p(0.5).row_blocks(2).weight_decay(0.0)));
+    groups.emplace_back(std::vector<at::Tensor>{params[4]});
+    specopt::SpectralAdamW opt(groups, specopt::SpectralAdamWOptions(1e-3).p(0.0));
+    const auto& g0 = static_cast<const specopt::SpectralAdamWOptions&>(opt.param_groups()[0].options());
+    const auto& g1 = static_cast<const specopt::SpectralAdamWOptions&>(opt.param_groups()[1].options());
+    EXPECT_EQ(g0.lr(), 0.25);
+    EXPECT_EQ(g0.p(), 0.5);
+    EXPECT_EQ(g0.row_blocks(), 2);
+    EXPECT_EQ(g0.weight_decay(), 0.0);
+    EXPECT_EQ(g1.lr(), 1e-3);
+    EXPECT_EQ(g1.p(), 0.0);
+    EXPECT_EQ(g1.weight_decay(), 1e-2);
+  }
+  {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(std::vector<at::Tensor>{params[0]},
+                        std::make_unique<specopt::SpectralSGDOptions>(
+                            specopt::SpectralSGDOptions(0.5).momentum(0.5).nesterov(true).row_blocks(2)));
+    groups.emplace_back(std::vector<at::Tensor>{params[4]});
+    specopt::SpectralSGD opt(groups, specopt::SpectralSGDOptions(0.1).p(0.0));
+    const auto& g0 = static_cast<const specopt::SpectralSGDOptions&>(opt.param_groups()[0].options());
+    const auto& g1 = static_cast<const specopt::SpectralSGDOptions&>(opt.param_groups()[1].options());
+    EXPECT_EQ(g0.lr(), 0.5);
+    EXPECT_EQ(g0.momentum(), 0.5);
+    EXPECT_TRUE(g0.nesterov());
+    EXPECT_EQ(g0.row_blocks(), 2);
+    EXPECT_EQ(g0.p(), 1.0);
+    EXPECT_EQ(g1.lr(), 0.1);
+    EXPECT_EQ(g1.p(), 0.0);
+  }
+}
+
 TEST(SaveLoad, PerGroupOptionsSurvive) {
   auto params = make_params(at::kFloat);
   using specopt::SpectralAdamWOptions;

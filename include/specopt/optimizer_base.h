@@ -15,7 +15,10 @@ namespace specopt {
 
 class SpectralOptimizerBase : public torch::optim::Optimizer {
  public:
-  using torch::optim::Optimizer::Optimizer;
+  // Each group keeps the options it comes with, on every LibTorch version
+  // (compat::keep_group_options); a group without options gets `defaults`.
+  SpectralOptimizerBase(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                        std::unique_ptr<torch::optim::OptimizerOptions> defaults);
 
   // Names used in error messages (e.g. "transformer.h.0.attn.c_attn.weight")
   // for the parameters of group `group`, in order.

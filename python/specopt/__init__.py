@@ -8,7 +8,25 @@
 Method names, variant names and every default come from the C++ tables
 (specopt.methods(), specopt.named_variants(), specopt.spectral_option_defaults(),
 specopt.optimizer_spec_defaults()). See docs/python.md.
+
+The C++ extension works only with the torch it was built against (same LibTorch ABI);
+specopt.build_info says which, and importing under another torch raises ImportError.
 """
+from . import _build_info as build_info
+
+
+def _check_torch():
+    import torch
+
+    if torch.__version__ != build_info.TORCH_VERSION:
+        raise ImportError(
+            f"specopt was built against torch {build_info.TORCH_VERSION} (LibTorch "
+            f"{build_info.LIBTORCH_VERSION}), but this Python imports torch {torch.__version__} "
+            f"from {torch.__file__}; its C++ extension cannot load under another torch. Rebuild "
+            f"it with this torch: pip install --no-build-isolation . (docs/python.md)")
+
+
+_check_torch()
 from ._C import (  # noqa: F401
     Variant,
     methods,
@@ -24,5 +42,5 @@ from .optim import SpectralAdamW, SpectralSGD, make_optimizer  # noqa: F401
 __all__ = [
     "spectral_power", "methods", "spectral_option_defaults",
     "Variant", "parse_variant", "named_variants", "optimizer_spec_defaults",
-    "SpectralAdamW", "SpectralSGD", "make_optimizer", "set_cpu_threads",
+    "SpectralAdamW", "SpectralSGD", "make_optimizer", "set_cpu_threads", "build_info",
 ]

@@ -15,6 +15,7 @@
 #include <torch/csrc/DynamicTypes.h>
 
 #include <c10/util/Exception.h>
+#include <torch/version.h>
 
 #include <functional>
 #include <sstream>
@@ -181,6 +182,8 @@ PYBIND11_MODULE(_C, m) {
   using namespace specopt;
   using namespace specopt::python;
   m.doc() = "specopt C++ core (use the `specopt` package, not this module directly)";
+  // The LibTorch headers this module was compiled with (specopt.build_info records the same).
+  m.attr("libtorch_version") = TORCH_VERSION;
   py::register_local_exception_translator(&translate_c10_errors);
 
   // ---- transform --------------------------------------------------------------
