@@ -43,6 +43,7 @@ specopt::cli::Registrar reg("launch", [](CLI::App& app) {
   cmd->add_option("command", args->command, "The subcommand and its arguments (after --)")->required();
   cmd->callback([args] {
     int code = specopt::dist::launch_local(args->command, specopt::dist::LaunchOptions()
+                                                              .handle_signals(true)
                                                               .nproc(args->nproc)
                                                               .nnodes(args->nnodes)
                                                               .node_rank(args->node_rank)

@@ -58,7 +58,8 @@ void run_train(const TrainArgs& a) {
             .nproc(a.nproc)
             .master_addr(a.master_addr.empty() ? "127.0.0.1" : a.master_addr)
             .master_port(a.master_port)
-            .timeout_s(a.dist_timeout > 0 ? a.dist_timeout : 60.0));
+            .timeout_s(a.dist_timeout > 0 ? a.dist_timeout : 60.0)
+            .handle_signals(true));
     if (code != 0) std::exit(code);
     return;
   }

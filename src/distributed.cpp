@@ -4,6 +4,8 @@
 #include "specopt/compat.h"
 #include "specopt/update_rules.h"
 
+#include "stop_signals.h"
+
 // The c10d Gloo header includes Gloo's own headers (Debian: libgloo-dev; pip
 // LibTorch ships them) and is compiled only under USE_C10D_GLOO, which
 // LibTorch's CMake config normally exports. Gloo itself is inside
@@ -33,6 +35,7 @@
 #include <torch/serialize/archive.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -516,6 +519,27 @@ int exit_code_of(int status) {
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return 1;
 }
+
+// SIGINT / SIGTERM while the launcher waits: forwarded to every local rank
+// (each finishes its step, the ranks agree on stopping, checkpoint and exit
+// kExitInterrupted); a second signal is forwarded too (the ranks exit at once)
+// and then ends the launcher by that signal. The ranks run in their own
+// process group, so a terminal's Ctrl-C reaches them once, through here.
+constexpr int64_t kMaxLocalRanks = 256;
+std::atomic<pid_t> g_rank_pids[kMaxLocalRanks];
+std::atomic<int> g_launch_stop{0};
+
+extern "C" void on_launch_signal(int sig) {
+  const bool second = g_launch_stop.exchange(sig) != 0;
+  for (auto& pid : g_rank_pids) {
+    const pid_t p = pid.load();
+    if (p > 0) ::kill(p, sig);
+  }
+  if (second) {
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+  }
+}
 }  // namespace
 
 int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
@@ -533,6 +557,11 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
     threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / o.nproc());
   }
 
+  TORCH_CHECK(o.nproc() <= kMaxLocalRanks, "--nproc must be <= ", kMaxLocalRanks, ", got ", o.nproc());
+  for (auto& p : g_rank_pids) p = 0;
+  g_launch_stop = 0;
+  const detail::ScopedStopHandler stop_handler(o.handle_signals(), on_launch_signal);
+
   std::vector<pid_t> pids;
   for (int64_t local = 0; local < o.nproc(); ++local) {
     const int64_t rank = o.node_rank() * o.nproc() + local;
@@ -541,6 +570,7 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
     if (pid == 0) {
       // Child: die with the launcher, get the rank environment, exec.
       ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (o.handle_signals()) ::setpgid(0, 0);  // signals come through the launcher only
       ::setenv("RANK", std::to_string(rank).c_str(), 1);
       ::setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
       ::setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
@@ -558,7 +588,11 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
       std::_Exit(127);
     }
     pids.push_back(pid);
+    g_rank_pids[local] = pid;
   }
+  // A signal that arrived while forking did not reach the later ranks.
+  if (const int sig = g_launch_stop.load(); sig != 0)
+    for (pid_t p : pids) ::kill(p, sig);
 
   // Wait; the first rank that fails takes the others down with it.
   int result = 0;
@@ -585,9 +619,14 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
     if (it == pids.end()) continue;
     const int64_t local = it - pids.begin();
     *it = -1;
+    g_rank_pids[local] = 0;
     --running;
     int code = exit_code_of(status);
-    if (code != 0 && !terminating) {
+    // After a forwarded signal every rank checkpoints and exits
+    // kExitInterrupted: wait for the others instead of stopping them.
+    const bool interrupted = g_launch_stop.load() != 0 && code == kExitInterrupted;
+    if (interrupted && result == 0) result = code;
+    if (code != 0 && !terminating && !interrupted) {
       std::fprintf(stderr, "specopt launch: rank %lld exited with status %d; stopping the other ranks\n",
                    static_cast<long long>(o.node_rank() * o.nproc() + local), code);
       result = code;

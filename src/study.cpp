@@ -6,6 +6,8 @@
 #include "specopt/config.h"
 #include "specopt/trainer.h"  // kExitInterrupted
 
+#include "stop_signals.h"
+
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -588,25 +590,12 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
 
   // SIGINT/SIGTERM: forwarded to the children, no new launches (see study.h).
   struct StudySignals {
-    bool on;
-    struct sigaction old_int {}, old_term {};
-    explicit StudySignals(bool on_) : on(on_) {
-      if (!on) return;
-      g_study_stop = 0;
-      g_forwarding = true;
-      struct sigaction sa {};
-      sa.sa_handler = on_study_signal;
-      sigemptyset(&sa.sa_mask);
-      ::sigaction(SIGINT, &sa, &old_int);
-      ::sigaction(SIGTERM, &sa, &old_term);
-    }
-    ~StudySignals() {
-      if (!on) return;
-      ::sigaction(SIGINT, &old_int, nullptr);
-      ::sigaction(SIGTERM, &old_term, nullptr);
-      g_forwarding = false;
-    }
-    int received() const { return on ? g_study_stop.load() : 0; }
+    detail::ScopedStopHandler handler;
+    // The flags are set before the handler is installed.
+    explicit StudySignals(bool on)
+        : handler((g_study_stop = 0, g_forwarding = on, on), on_study_signal) {}
+    ~StudySignals() { g_forwarding = false; }
+    int received() const { return handler.on() ? g_study_stop.load() : 0; }
   } signals(options.handle_signals);
 
   std::atomic<size_t> next{0};

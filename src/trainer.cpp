@@ -9,6 +9,8 @@
 #include "specopt/threads.h"
 #include "specopt/update_rules.h"
 
+#include "stop_signals.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/util/Exception.h>
 #include <torch/cuda.h>
@@ -942,27 +944,12 @@ extern "C" void on_stop_signal(int sig) {
 // Installs on_stop_signal for SIGINT and SIGTERM while it lives.
 class StopSignals {
  public:
-  explicit StopSignals(bool on) : on_(on) {
-    if (!on_) return;
-    g_stop_signal = 0;
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    ::sigaction(SIGINT, &sa, &old_int_);
-    ::sigaction(SIGTERM, &sa, &old_term_);
-  }
-  ~StopSignals() {
-    if (!on_) return;
-    ::sigaction(SIGINT, &old_int_, nullptr);
-    ::sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  int received() const { return on_ ? g_stop_signal.load() : 0; }
+  // The flag is cleared before the handler is installed.
+  explicit StopSignals(bool on) : handler_((g_stop_signal = 0, on), on_stop_signal) {}
+  int received() const { return handler_.on() ? g_stop_signal.load() : 0; }
 
  private:
-  bool on_;
-  struct sigaction old_int_ {}, old_term_ {};
+  detail::ScopedStopHandler handler_;
 };
 
 // ---- the run directory lock --------------------------------------------------------

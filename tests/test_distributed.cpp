@@ -633,3 +633,39 @@ TEST(DistributedCli, RankFailsWithAMessageWhenItsPeerIsKilled) {
   EXPECT_NE(log.find("specopt: error: distributed"), std::string::npos) << log;
   fs::remove_all(dir);
 }
+
+TEST(DistributedCli, SigtermToTheLauncherCheckpointsEveryRankAndExits75) {
+  // The launcher forwards the signal to both ranks once (they are in their own
+  // process group); the ranks agree on the step, checkpoint and exit 75, and
+  // the launcher returns 75 instead of treating a rank's 75 as a failure.
+  auto dir = temp_dir("cli_sigterm");
+  const int64_t steps = 400;
+  const fs::path run = dir / "run";
+  const pid_t launcher = spawn_cli(
+      plus(gpt_args(steps), {"--run-dir", run.string(), "--nproc", "2", "--dist-timeout", "20"}), dir / "run.log");
+  const auto start = std::chrono::steady_clock::now();
+  while (train_losses(run / "metrics.jsonl").size() < 8 &&
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < 60)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const pid_t rank0 = rank_child(launcher, 0), rank1 = rank_child(launcher, 1);
+  ASSERT_GT(rank0, 0) << read_text(dir / "run.log");
+  ASSERT_GT(rank1, 0) << read_text(dir / "run.log");
+  ::kill(launcher, SIGTERM);
+  EXPECT_EQ(wait_cli(launcher, 60.0), specopt::kExitInterrupted) << read_text(dir / "run.log");
+  EXPECT_TRUE(process_gone(rank0));
+  EXPECT_TRUE(process_gone(rank1));
+  EXPECT_EQ(read_text(dir / "run.log").find("exited with status"), std::string::npos) << read_text(dir / "run.log");
+  ASSERT_TRUE(fs::exists(run / "checkpoint.pt"));
+  ASSERT_FALSE(fs::exists(run / "summary.json"));
+  const size_t done = train_losses(run / "metrics.jsonl").size();
+  EXPECT_LT(done, static_cast<size_t>(steps));
+
+  // --resume on 2 ranks continues from the checkpoint to the end, one row per step.
+  ASSERT_EQ(wait_cli(spawn_cli(plus(gpt_args(steps), {"--run-dir", run.string(), "--resume", "--nproc", "2"}),
+                               dir / "resume.log"),
+                     120.0),
+            0)
+      << read_text(dir / "resume.log");
+  EXPECT_EQ(train_losses(run / "metrics.jsonl").size(), static_cast<size_t>(steps));
+  fs::remove_all(dir);
+}

@@ -196,6 +196,11 @@ struct LaunchOptions {
   TORCH_ARG(int64_t, threads_per_rank) = 0; // 0: cores / nproc (at least 1)
   // Seconds the remaining ranks get after SIGTERM before SIGKILL.
   TORCH_ARG(double, kill_grace_s) = 5.0;
+  // Forward SIGINT / SIGTERM to the ranks while waiting (the ranks then run in
+  // their own process group): the first lets every rank checkpoint and exit
+  // kExitInterrupted, which launch_local returns; a second ends them and the
+  // launcher at once. Set by the CLI; off in the library (the caller's handlers stay).
+  TORCH_ARG(bool, handle_signals) = false;
 };
 
 // A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0 and
