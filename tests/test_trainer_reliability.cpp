@@ -109,19 +109,27 @@ size_t lines_of(const std::string& path) {
   return n;
 }
 
+// Quiet training options whose optimizer step runs `after` once, right
+// after the step with 1-based index `at` (to corrupt the state at a known step).
+specopt::TrainOptions quiet_with_fault_after_step(int at, std::function<void(specopt::SpectralOptimizer&)> after) {
+  specopt::TrainOptions o;
+  o.progress = specopt::ProgressMode::kQuiet;
+  o.hooks.step_optimizer = [at, after, calls = 0](specopt::SpectralOptimizer& opt) mutable {
+    opt.step();
+    if (++calls == at) after(opt);
+  };
+  return o;
+}
+
 // ---- item 4: no checkpoint ever holds NaN ------------------------------------------
 
 TEST(Divergence, NonFiniteWeightsEndTheRunAtThatStepAndKeepTheLastGoodCheckpoint) {
   // Step 3 writes NaN into a weight (as eps = 0 in float32 did): the run must
   // end as diverged at step 3, with the step-2 checkpoint left on disk.
   const std::string dir = test_dir();
-  specopt::TrainOptions o;
-  o.progress = specopt::ProgressMode::kQuiet;
-  int calls = 0;
-  o.hooks.step_optimizer = [&](specopt::SpectralOptimizer& opt) {
-    opt.step();
-    if (++calls == 3) opt.optimizers()[0]->param_groups()[0].params()[0].detach().view(-1)[7] = NAN;
-  };
+  const auto o = quiet_with_fault_after_step(3, [](specopt::SpectralOptimizer& opt) {
+    opt.optimizers()[0]->param_groups()[0].params()[0].detach().view(-1)[7] = NAN;
+  });
   const TrainConfig c = mlp({"train.checkpoint_every=1"});
   const auto r = specopt::train(c, dir, o);
   EXPECT_EQ(r.status, "diverged");
@@ -184,18 +192,12 @@ TEST(Divergence, AFiniteBlowUpIsDivergedNotFinished) {
   // After step 5 every weight is scaled by 100: the logits grow ~10^4-fold,
   // the loss to ~10^4 — finite, but far above 10 × the initial ln(10).
   const std::string dir = test_dir();
-  specopt::TrainOptions o;
-  o.progress = specopt::ProgressMode::kQuiet;
-  int calls = 0;
-  o.hooks.step_optimizer = [&](specopt::SpectralOptimizer& opt) {
-    opt.step();
-    if (++calls == 5) {
-      torch::NoGradGuard no_grad;
-      for (auto* op : opt.optimizers())
-        for (auto& g : op->param_groups())
-          for (auto& p : g.params()) p.mul_(100.0);
-    }
-  };
+  const auto o = quiet_with_fault_after_step(5, [](specopt::SpectralOptimizer& opt) {
+    torch::NoGradGuard no_grad;
+    for (auto* op : opt.optimizers())
+      for (auto& g : op->param_groups())
+        for (auto& p : g.params()) p.mul_(100.0);
+  });
   const auto r = specopt::train(mlp(), dir, o);
   EXPECT_EQ(r.status, "diverged");
   EXPECT_EQ(r.steps_done, 6);
