@@ -1,6 +1,7 @@
 // Layer 3: SpectralAdamW and SpectralSGD as torch::optim::Optimizers, and
 // their shared base (names, save/load). The arithmetic lives in
 // update_rules.cpp; this file handles groups, lazy state and serialization.
+#include "optimizer_archive.h"
 #include "specopt/compat.h"
 #include "specopt/optimizer_base.h"
 #include "specopt/spectral_adamw.h"
@@ -21,14 +22,9 @@ using torch::optim::OptimizerParamState;
 using torch::serialize::InputArchive;
 using torch::serialize::OutputArchive;
 
-namespace {
+namespace detail {
 
-// ---- small archive helpers --------------------------------------------------
-
-template <typename T>
-void put(OutputArchive& a, const std::string& key, T value) {
-  a.write(key, c10::IValue(value));
-}
+// ---- small archive helpers (optimizer_archive.h) ----------------------------
 
 c10::IValue get(InputArchive& a, const std::string& key) {
   c10::IValue v;
@@ -115,7 +111,9 @@ void check_state_tensor(const at::Tensor& t, const at::Tensor& param, const std:
               shape_string(param.sizes()));
 }
 
-}  // namespace
+}  // namespace detail
+
+using namespace detail;
 
 // ---- SpectralOptimizerBase ------------------------------------------------------
 
@@ -143,8 +141,8 @@ std::string SpectralOptimizerBase::parameter_name(size_t group, size_t index) co
   return os.str();
 }
 
-void SpectralOptimizerBase::check_grads() const {
-  if (!check_finite_grads_) return;
+bool SpectralOptimizerBase::check_grads() {
+  if (!check_finite_grads_) return true;
   std::vector<at::Tensor> grads;
   std::vector<std::string> names;
   for (size_t g = 0; g < param_groups_.size(); ++g) {
@@ -155,7 +153,9 @@ void SpectralOptimizerBase::check_grads() const {
       names.push_back(parameter_name(g, i));
     }
   }
-  check_finite_grads(grads, names);
+  if (grads_finite(grads, names, on_nonfinite_)) return true;
+  ++skipped_steps_;
+  return false;
 }
 
 void SpectralOptimizerBase::check_row_blocks(size_t group, int64_t row_blocks) const {
@@ -346,7 +346,7 @@ at::Tensor SpectralAdamW::step(LossClosure closure) {
     o.check();
     check_row_blocks(g, o.row_blocks());
   }
-  check_grads();
+  if (!check_grads()) return loss;  // on_nonfinite = skip_step
 
   at::NoGradGuard no_grad;
   for (auto& group : param_groups_) {
@@ -461,7 +461,7 @@ at::Tensor SpectralSGD::step(LossClosure closure) {
     o.check();
     check_row_blocks(g, o.row_blocks());
   }
-  check_grads();
+  if (!check_grads()) return loss;  // on_nonfinite = skip_step
 
   at::NoGradGuard no_grad;
   for (auto& group : param_groups_) {
