@@ -271,7 +271,9 @@ def make_optimizer(params, variant=None, *, exclude_embeddings_and_head=False, o
             try:
                 parsed, sub = split(named_g, dict(spec, **own), None)
             except ValueError as e:
-                raise ValueError(f"{where}: param group {i}: {e}") from None
+                message = str(e)
+                message = message[len(where) + 2:] if message.startswith(where + ": ") else message
+                raise ValueError(f"{where}: param group {i}: {message}") from None
             groups += sub
     kinds = {g["update"] for g in groups}
     if "muon" in kinds:

@@ -76,7 +76,7 @@ def test_param_group_dicts_take_their_own_options():
     lrs = [g["lr"] for g in opt.param_groups]
     assert lrs == [0.1, 0.1, 0.01, 0.01]  # fc: matrix + vector group, out: matrix + vector group
     assert [g["weight_decay"] for g in opt.param_groups][2] == 0.2
-    with pytest.raises(ValueError, match="param group 1: make_optimizer: unknown option 'momentun'"):
+    with pytest.raises(ValueError, match="make_optimizer: param group 1: unknown option 'momentun'"):
         specopt.make_optimizer([{"params": net.fc.parameters()}, {"params": net.out.parameters(), "momentun": 0.9}])
 
 
