@@ -13,11 +13,11 @@
 // every gradient: a reduction each and one host sync), the cost every step pays
 // for on_nonfinite; step/<set>/Muon: specopt::Muon (torch.optim.Muon's
 // arithmetic) over the 2-D matrices.
-#include "specopt/make_optimizer.h"
-#include "specopt/muon.h"
-#include "specopt/spectral.h"
-#include "specopt/update_rules.h"
-#include "specopt/variants.h"
+#include "specopt/core/make_optimizer.h"
+#include "specopt/core/muon.h"
+#include "specopt/core/spectral.h"
+#include "specopt/core/update_rules.h"
+#include "specopt/core/variants.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

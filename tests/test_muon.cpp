@@ -4,11 +4,11 @@
 // from the float64 SVD; save/load equality; option errors; on_nonfinite (here
 // for every optimizer class and make_optimizer) and make_optimizer's
 // exclude_from_spectral, both added with Muon (issue 15).
-#include "specopt/make_optimizer.h"
-#include "specopt/muon.h"
-#include "specopt/spectral_adamw.h"
-#include "specopt/spectral_sgd.h"
-#include "specopt/update_rules.h"
+#include "specopt/core/make_optimizer.h"
+#include "specopt/core/muon.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/core/spectral_sgd.h"
+#include "specopt/core/update_rules.h"
 #include "test_support.h"
 
 #include <ATen/ATen.h>

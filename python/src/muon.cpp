@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "bindings.h"
-#include "specopt/muon.h"
-#include "specopt/update_rules.h"
+#include "specopt/core/muon.h"
+#include "specopt/core/update_rules.h"
 
 namespace specopt {
 namespace python {
