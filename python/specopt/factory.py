@@ -189,6 +189,7 @@ def _explicit_group(g, i):
     if names is None:
         names = [f"param_groups[{i}]['params'][{j}]" for j in range(len(params))]
     out = dict(defaults, **g, params=params, param_names=list(names), update=kind)
+    out["spectral"] = dict(out.get("spectral") or {})  # the group's own, not the defaults' dict
     if out.get("lr") is None:
         raise ValueError(f"make_optimizer: param group {i} ({kind}) needs 'lr'")
     out["role"] = "matrix" if kind == "muon" or out["p"] != 1.0 else "vector"

@@ -236,6 +236,7 @@ void bind_optim(py::module_& m) {
         d["split_rows_by_shape"] = s.split_rows_by_shape;
         d["split_rows_blocks"] = s.split_rows_blocks;
         d["exclude_from_spectral"] = s.exclude_from_spectral;
+        d["on_nonfinite"] = on_nonfinite_name(s.on_nonfinite);
         d["spectral"] = py::dict();
         return d;
       },
