@@ -31,7 +31,7 @@ const std::vector<std::pair<AdjustLr, const char*>>& adjust_lr_names() {
 }
 
 // The Ψ_p part of the options, in the archive layout of the other optimizers.
-MatrixTransformOptions transform_of(const MuonOptions& o) {
+MatrixTransformOptions muon_transform(const MuonOptions& o) {
   return MatrixTransformOptions().p(o.p()).method(o.method()).scale(ScaleMode::kNone).spectral(o.spectral());
 }
 
@@ -95,7 +95,7 @@ void MuonOptions::check() const {
   TORCH_CHECK(std::isfinite(eps()) && eps() > 0, "Muon: invalid eps (must be > 0): ", eps());
   // torch: "Number of steps must be less than 100".
   TORCH_CHECK(ns_steps() >= 1 && ns_steps() < 100, "Muon: ns_steps must lie in [1, 99], got ", ns_steps());
-  check_transform_options(transform_of(*this));
+  check_transform_options(muon_transform(*this));
   TORCH_CHECK(!(p() == 0.0 && method() == Method::kPaper),
               "Muon: method 'paper' includes the study's own shape scale at p = 0; use auto (torch's "
               "Newton-Schulz) or newton_schulz");
@@ -112,7 +112,7 @@ void MuonOptions::serialize(OutputArchive& a) const {
   put(a, "eps", eps());
   put(a, "ns_steps", ns_steps());
   put(a, "adjust_lr_fn", adjust_lr_name(adjust_lr_fn()));
-  write_transform(a, transform_of(*this));
+  write_transform(a, muon_transform(*this));
 }
 
 void MuonOptions::serialize(InputArchive& a) {
@@ -169,7 +169,7 @@ void muon_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
     for (size_t i = 0; i < params.size(); ++i)
       O[i] = muon_newton_schulz(updates[i], o.ns_coefficients(), o.ns_steps(), o.eps());
   } else {
-    O = transform_matrix_updates(updates, transform_of(o));
+    O = transform_matrix_updates(updates, muon_transform(o));
   }
   for (size_t i = 0; i < params.size(); ++i) {
     const double adjusted_lr = o.lr() * adjust_lr_ratio(o.adjust_lr_fn(), params[i].size(0), params[i].size(1));
