@@ -13,12 +13,13 @@
 //                                      (+ train.log: the subprocess' stdout/stderr)
 //   STUDY_DIR/report.md, results.csv, runs.csv, curves.csv, analysis.json, *.png
 //
-// The only coupling to the trainer is its CLI and run-directory format (API.md):
+// The only coupling to the trainer is its CLI and run-directory format (train/run_dir.h):
 // a run is finished when RUN_DIR/summary.json exists; a run with RUN_DIR/checkpoint.pt
 // but no summary is resumed with `--resume`.
 #pragma once
 
 #include "specopt/core/variants.h"
+#include "specopt/train/child_process.h"  // self_executable
 
 #include <cstdint>
 #include <functional>
@@ -50,7 +51,7 @@ namespace specopt {
 //   [study.overrides]                  # extra per-variant train overrides (--set key=value)
 //   AdamQ = ["optim.lr_vector=6e-4"]
 //
-// Every other table (run, model, data, optim, train) is the base train config (API.md).
+// Every other table (run, model, data, optim, train) is the base train config (train/config.h).
 struct StudyConfig {
   std::string name;
   std::vector<std::string> variants;                   // canonical names (parse_variant)
@@ -120,8 +121,6 @@ using Launcher = std::function<int(const LaunchRequest&)>;
 // (StudyRunOptions::handle_signals), a SIGINT/SIGTERM of the study is forwarded to the children.
 Launcher subprocess_launcher(std::string executable);
 
-// This very binary (readlink /proc/self/exe): studies run the runs through their own CLI.
-std::string self_executable();
 
 struct StudyRunOptions {
   int64_t workers = 0;            // 0: the config's value
