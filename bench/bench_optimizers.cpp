@@ -8,9 +8,15 @@
 // --sets: parameter sets to register (default "small": under a minute on 2
 // cores; "gpt2" times one step per variant after a warm-up step, ~15 minutes
 // on a busy 2-core machine, see docs/optimizers.md).
-// One iteration = one optimizer step over all parameters with fixed gradients.
+// One iteration = one optimizer step over all parameters with fixed gradients;
+// finite_check/<set>: one non-finite-gradient check alone (grads_finite over
+// every gradient: a reduction each and one host sync), the cost every step pays
+// for on_nonfinite; step/<set>/Muon: specopt::Muon (torch.optim.Muon's
+// arithmetic) over the 2-D matrices.
 #include "specopt/core/make_optimizer.h"
+#include "specopt/core/muon.h"
 #include "specopt/core/spectral.h"
+#include "specopt/core/update_rules.h"
 #include "specopt/core/variants.h"
 
 #include <ATen/ATen.h>
@@ -104,6 +110,30 @@ void bench_torch_adamw(benchmark::State& state, ModelShape model) {
   set_counters(state, params);
 }
 
+void bench_finite_check(benchmark::State& state, ModelShape model) {
+  auto params = make_parameters(model);
+  std::vector<at::Tensor> grads;
+  std::vector<std::string> names;
+  for (auto& [name, w] : params) {
+    grads.push_back(w.grad());
+    names.push_back(name);
+  }
+  for (auto _ : state) benchmark::DoNotOptimize(specopt::grads_finite(grads, names, specopt::OnNonFinite::kRaise));
+  set_counters(state, params);
+}
+
+void bench_muon(benchmark::State& state, ModelShape model) {
+  auto params = make_parameters(model);
+  std::vector<at::Tensor> matrices;
+  for (auto& [name, w] : params)
+    if (w.dim() == 2) matrices.push_back(w);
+  specopt::Muon opt(matrices, specopt::MuonOptions(0.02));
+  opt.step();
+  for (auto _ : state) opt.step();
+  set_counters(state, params);
+  state.SetLabel(std::to_string(matrices.size()) + " matrices");
+}
+
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
   std::stringstream ss(s);
@@ -140,7 +170,9 @@ int main(int argc, char** argv) {
       return 2;
     }
     auto* b = benchmark::RegisterBenchmark(("step/" + set + "/torch_AdamW").c_str(), bench_torch_adamw, *model);
-    std::vector<benchmark::internal::Benchmark*> all = {b};
+    std::vector<benchmark::internal::Benchmark*> all = {
+        b, benchmark::RegisterBenchmark(("finite_check/" + set).c_str(), bench_finite_check, *model),
+        benchmark::RegisterBenchmark(("step/" + set + "/Muon").c_str(), bench_muon, *model)};
     for (const auto& v : specopt::named_variants())
       all.push_back(benchmark::RegisterBenchmark(("step/" + set + "/" + v.name).c_str(), bench_variant, *model,
                                                  v.name, method));

@@ -83,8 +83,9 @@ def train(variant_name, data, steps=100, batch_size=128, lr_matrix=None, lr_vect
     torch.manual_seed(seed)
     model = make_model()
     lr = lr_matrix if lr_matrix is not None else default_lr_matrix(variant)
+    # The study's Adam settings, stated (make_optimizer's defaults are torch.optim.AdamW's).
     opt = specopt.make_optimizer(model, variant.name, lr_matrix=lr, lr_vector=lr_vector,
-                                 method=method)
+                                 betas=(0.9, 0.95), weight_decay=0.0, method=method)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps))))

@@ -2,7 +2,8 @@
 
     specopt.spectral_power(O, p, method="auto", **options)   Psi_p(O) = U S^p V^T
     specopt.SpectralAdamW / specopt.SpectralSGD               torch.optim.Optimizer subclasses
-    specopt.make_optimizer(model, "AdamS", lr_matrix=..., lr_vector=...)
+    specopt.Muon(params, lr=0.02, p=0)                         torch.optim.Muon, any p (docs/muon.md)
+    specopt.make_optimizer(model, "AdamS", lr=1e-3)            one optimizer for a whole model
     specopt.set_cpu_threads(n)                                 consistent LibTorch/OpenBLAS pools
 
 Method names, variant names and every default come from the C++ tables
@@ -13,6 +14,8 @@ The C++ extension works only with the torch it was built against (same LibTorch 
 specopt.build_info says which, and importing under another torch raises ImportError.
 """
 from . import _build_info as build_info
+
+__version__ = build_info.VERSION
 
 
 def _check_torch():
@@ -37,10 +40,12 @@ from ._C import (  # noqa: F401
     spectral_option_defaults,
     spectral_power,
 )
-from .optim import SpectralAdamW, SpectralSGD, make_optimizer  # noqa: F401
+from .optim import SpectralAdamW, SpectralSGD  # noqa: F401
+from .muon import Muon  # noqa: F401
+from .factory import make_optimizer  # noqa: F401
 
 __all__ = [
     "spectral_power", "methods", "spectral_option_defaults",
     "Variant", "parse_variant", "named_variants", "optimizer_spec_defaults",
-    "SpectralAdamW", "SpectralSGD", "make_optimizer", "set_cpu_threads", "build_info",
+    "SpectralAdamW", "SpectralSGD", "Muon", "make_optimizer", "__version__", "set_cpu_threads", "build_info",
 ]

@@ -20,36 +20,134 @@ import torch
 
 from . import _C
 
-__all__ = ["SpectralAdamW", "SpectralSGD", "make_optimizer"]
+__all__ = ["SpectralAdamW", "SpectralSGD"]
 
 _ADAMW = _C.adamw_defaults()
 _SGD = _C.sgd_defaults()
-_CHECK = {"adamw": _C.check_adamw_group, "sgd": _C.check_sgd_group}
+_CHECK = {"adamw": _C.check_adamw_group, "sgd": _C.check_sgd_group, "muon": _C.check_muon_group}
+ON_NONFINITE = ("raise", "skip_step")
+# The group keys that define the algorithm: load_state_dict refuses to change them
+# unless allow_variant_change=True (the other keys -- lr, betas, ... -- are tuning).
+_ALGORITHM_KEYS = ("update", "p")
 
 
 def _check_group(group):
     """ValueError/TypeError naming the bad option of a param group (C++ check())."""
     if group.get("update") not in _CHECK:
-        raise ValueError(f"param group 'update' must be 'adamw' or 'sgd', got {group.get('update')!r}")
+        raise ValueError(f"param group 'update' must be one of {sorted(_CHECK)}, got {group.get('update')!r}")
     _CHECK[group["update"]](group)
 
 
+# torch.optim options specopt does not implement. Their no-op values (None / False, and
+# dampening=0) are accepted, so code written for torch.optim runs; others raise TypeError.
+UNSUPPORTED_TORCH_OPTIONS = ("maximize", "foreach", "amsgrad", "fused", "capturable",
+                             "differentiable", "dampening", "decoupled_weight_decay")
+
+
+def reject_unsupported(options, where, strict=True):
+    """Pop the unsupported torch.optim options from ``options``: TypeError unless no-op.
+    strict: any other key left is an unexpected keyword argument (TypeError) too."""
+    for key in UNSUPPORTED_TORCH_OPTIONS:
+        if key in options:
+            value = options.pop(key)
+            no_op = value is None or value is False or (key == "dampening" and value == 0)
+            if not no_op:
+                raise TypeError(f"{where}: torch.optim option {key}={value!r} is not supported by "
+                                f"specopt (only its no-op value None/False is accepted)")
+    if strict and options:
+        raise TypeError(f"{where}: unexpected keyword argument {sorted(options)[0]!r}")
+
+
+def _check_on_nonfinite(value):
+    if value not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {value!r}")
+    return value
+
+
+def _describe(groups):
+    """'AdamS'-like description of the algorithm of some param groups, for error messages."""
+    return ", ".join(f"update={g.get('update')!r} p={g.get('p')!r}" for g in groups)
+
+
 class _SpectralOptimizer(torch.optim.Optimizer):
-    """Shared step: gradient check over all groups, then one C++ step per group."""
+    """Shared step: gradient check over all groups, then one C++ step per group.
+
+    ``on_nonfinite`` ("raise" | "skip_step") says what a step does when a gradient holds
+    NaN or Inf: raise RuntimeError naming it, or skip the whole step (``skipped_steps``
+    counts them); either way nothing changes.
+    """
+
+    on_nonfinite = "raise"  # instances set their own (class default for old pickles)
+    skipped_steps = 0
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _check_group(self.param_groups[-1])
+            group = self.param_groups[-1]
+            _check_group(group)
+            if group["update"] == "muon":  # as torch.optim.Muon
+                for p in group["params"]:
+                    if p.ndim != 2:
+                        raise ValueError(f"Muon only supports 2-D parameters, got one of shape "
+                                         f"{tuple(p.shape)} (put embeddings, the head and vectors "
+                                         f"in an AdamW group: docs/muon.md)")
         except Exception:
             del self.param_groups[-1]
             raise
 
-    def __getstate__(self):  # torch keeps only defaults/state/param_groups; keep .variant too
+    def __getstate__(self):  # torch keeps only defaults/state/param_groups; keep ours too
         state = super().__getstate__()
-        if hasattr(self, "variant"):
-            state["variant"] = self.variant
+        for key in ("variant", "on_nonfinite", "skipped_steps"):
+            if key in self.__dict__:
+                state[key] = self.__dict__[key]
         return state
+
+    def load_state_dict(self, state_dict, *, allow_variant_change=False):
+        """torch.optim.Optimizer.load_state_dict, refusing a state_dict of another algorithm.
+
+        Raises ValueError, before anything changes, when a saved group's algorithm (its
+        ``update`` kind or ``p``) differs from this optimizer's, naming both (e.g. an AdamS
+        state_dict loaded into make_optimizer(m, "mSGDZ")). ``allow_variant_change=True``
+        loads it anyway: the groups then take the saved algorithm (``.variant`` is updated
+        when the saved state_dict records one). A state_dict of torch.optim.Muon (groups
+        without specopt's keys) loads into specopt.Muon: the missing keys keep this
+        optimizer's values.
+        """
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) == len(self.param_groups):
+            saved_groups = [dict({k: v for k, v in mine.items() if k != "params" and k not in saved}, **saved)
+                            for mine, saved in zip(self.param_groups, saved_groups)]
+            state_dict = dict(state_dict, param_groups=saved_groups)
+        # (a group-count mismatch is torch's own ValueError below)
+        mine = getattr(self, "variant", None)
+        saved_variant = state_dict.get("specopt_variant")
+        differs = [(i, g, s) for i, (g, s) in enumerate(zip(self.param_groups, saved_groups))
+                   if any(g.get(k) != s.get(k) for k in _ALGORITHM_KEYS)]
+        if differs and not allow_variant_change:
+            i, g, s = differs[0]
+            this = f"{type(self).__name__}" + (f" {mine.name}" if mine is not None else "")
+            that = f" ({saved_variant})" if saved_variant else ""
+            raise ValueError(
+                f"load_state_dict: the state_dict is of another algorithm{that}: its param group {i} "
+                f"has update={s.get('update')!r} p={s.get('p')!r}, this optimizer ({this}) has "
+                f"update={g.get('update')!r} p={g.get('p')!r}. Pass allow_variant_change=True to "
+                f"switch algorithms deliberately.")
+        super().load_state_dict(state_dict)
+        if differs and saved_variant is not None:
+            from . import parse_variant
+            try:
+                self.variant = parse_variant(saved_variant)
+            except ValueError:
+                self.__dict__.pop("variant", None)
+        for group in self.param_groups:
+            _check_group(group)
+
+    def state_dict(self):
+        """torch's state_dict, plus ``specopt_variant`` (the variant name) when there is one."""
+        sd = super().state_dict()
+        if getattr(self, "variant", None) is not None:
+            sd["specopt_variant"] = self.variant.name
+        return sd
 
     def _param_name(self, g, i, group):
         names = group.get("param_names")
@@ -72,18 +170,24 @@ class _SpectralOptimizer(torch.optim.Optimizer):
                 if p.grad is not None:
                     grads.append(p.grad)
                     names.append(self._param_name(g, i, group))
-        _C.check_finite_grads(grads, names)
         for group in self.param_groups:
             _check_group(group)
+        if not _C.grads_finite(grads, names, self.on_nonfinite):
+            self.skipped_steps += 1
+            return loss
+        steps = {"adamw": self._adamw_step, "sgd": self._sgd_step, "muon": self._muon_step}
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            if group["update"] == "adamw":
-                self._adamw_step(group, params)
-            else:
-                self._sgd_step(group, params)
+            steps[group["update"]](group, params)
         return loss
+
+    def _muon_step(self, group, params):
+        buffers = [self.state.get(p, {}).get("momentum_buffer") for p in params]
+        buffers = _C.muon_step(params, [p.grad for p in params], buffers, group)
+        for p, b in zip(params, buffers):
+            self.state[p]["momentum_buffer"] = b
 
     def _adamw_step(self, group, params):
         # Lazy state as torch.optim.AdamW, stored only once the C++ step went through.
@@ -125,16 +229,20 @@ class SpectralAdamW(_SpectralOptimizer):
         row_blocks: split dim 0 of each matrix into this many blocks (packed QKV: 3).
         decay_vectors: apply weight decay to vectors (dim < 2) too.
         spectral: dict of further spectral options (``specopt.spectral_option_defaults()``).
+        on_nonfinite: "raise" (default) or "skip_step" on a NaN/Inf gradient.
     """
 
     def __init__(self, params, lr=_ADAMW["lr"], betas=_ADAMW["betas"], eps=_ADAMW["eps"],
                  weight_decay=_ADAMW["weight_decay"], *, p=_ADAMW["p"], method=_ADAMW["method"],
                  scale=_ADAMW["scale"], row_blocks=_ADAMW["row_blocks"],
-                 decay_vectors=_ADAMW["decay_vectors"], spectral=None):
+                 decay_vectors=_ADAMW["decay_vectors"], spectral=None, on_nonfinite="raise",
+                 **torch_options):
+        reject_unsupported(torch_options, "SpectralAdamW")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, p=p,
                         method=method, scale=scale, row_blocks=row_blocks,
                         decay_vectors=decay_vectors, spectral=dict(spectral or {}), update="adamw")
         _C.check_adamw_group(defaults)
+        self.on_nonfinite = _check_on_nonfinite(on_nonfinite)
         super().__init__(params, defaults)
 
 
@@ -151,45 +259,12 @@ class SpectralSGD(_SpectralOptimizer):
     def __init__(self, params, lr, momentum=_SGD["momentum"], nesterov=_SGD["nesterov"],
                  weight_decay=_SGD["weight_decay"], *, p=_SGD["p"], method=_SGD["method"],
                  scale=_SGD["scale"], row_blocks=_SGD["row_blocks"],
-                 decay_vectors=_SGD["decay_vectors"], spectral=None):
+                 decay_vectors=_SGD["decay_vectors"], spectral=None, on_nonfinite="raise",
+                 **torch_options):
+        reject_unsupported(torch_options, "SpectralSGD")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                         p=p, method=method, scale=scale, row_blocks=row_blocks,
                         decay_vectors=decay_vectors, spectral=dict(spectral or {}), update="sgd")
         _C.check_sgd_group(defaults)
+        self.on_nonfinite = _check_on_nonfinite(on_nonfinite)
         super().__init__(params, defaults)
-
-
-def make_optimizer(model, variant=None, **spec):
-    """The study's optimizer for ``model`` (a torch.nn.Module or an iterable of
-    (name, parameter) pairs), as one torch.optim.Optimizer.
-
-    The split is the C++ make_optimizer's (one implementation): matrices (dim >= 2) form
-    the spectral group(s) at ``lr_matrix`` with the variant's p (matrices whose name contains
-    one of ``split_rows_patterns``, and with ``split_rows_by_shape=True`` those whose row count
-    is ``split_rows_blocks`` times their column count, get ``row_blocks = split_rows_blocks``);
-    vectors form a
-    group at ``lr_vector`` with p = 1 and ``weight_decay_vector``.
-      * Adam family -> a SpectralAdamW with those groups;
-      * mSGD family -> a SpectralSGD whose vector group has ``update="adamw"`` (the study's
-        AdamW for vectors, same betas/eps).
-    Every group has ``role`` ("matrix" / "vector") and ``param_names``; the returned
-    optimizer has ``.variant`` (a ``specopt.Variant``).
-
-    ``variant`` is any name of the C++ variant table (``specopt.named_variants()``,
-    "adam:p=0.3", ...). The other options and their defaults are those of the C++
-    OptimizerSpec: ``specopt.optimizer_spec_defaults()``.
-    """
-    if isinstance(model, torch.nn.Module):
-        named = list(model.named_parameters())
-    else:
-        named = list(model)
-    named = [(n, p) for n, p in named if p.requires_grad]
-    if variant is not None:
-        spec["variant"] = variant
-    parsed, groups = _C.make_optimizer_groups(named, spec)
-    if parsed.family == "Adam":
-        opt = SpectralAdamW(groups)
-    else:
-        opt = SpectralSGD(groups, lr=spec.get("lr_matrix", _C.optimizer_spec_defaults()["lr_matrix"]))
-    opt.variant = parsed
-    return opt

@@ -275,4 +275,5 @@ PYBIND11_MODULE(_C, m) {
       "speed of a multi-threaded training step (docs/training.md, Threads).");
 
   bind_optim(m);
+  bind_muon(m);
 }

@@ -38,6 +38,7 @@ py::dict spectral_options_dict(const SpectralOptions& options);
 py::dict spectral_option_defaults();
 
 void bind_optim(py::module_& m);
+void bind_muon(py::module_& m);  // muon.cpp: Muon and on_nonfinite
 
 }  // namespace python
 }  // namespace specopt

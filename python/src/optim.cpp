@@ -178,6 +178,10 @@ OptimizerSpec spec_from(const py::dict& kw) {
     } else if (key == "split_rows_patterns") s.split_rows_patterns = v.cast<std::vector<std::string>>();
     else if (key == "split_rows_by_shape") s.split_rows_by_shape = v.cast<bool>();
     else if (key == "split_rows_blocks") s.split_rows_blocks = v.cast<int64_t>();
+    else if (key == "on_nonfinite") {
+      const auto name = v.cast<std::string>();
+      s.on_nonfinite = as_value_error([&] { return parse_on_nonfinite(name); });
+    } else if (key == "exclude_from_spectral") s.exclude_from_spectral = v.cast<std::vector<std::string>>();
     else if (key == "spectral") s.spectral = spectral_options_from(v.cast<py::dict>());
     else throw py::value_error("make_optimizer: unknown option '" + key + "'");
   }
@@ -231,6 +235,8 @@ void bind_optim(py::module_& m) {
         d["split_rows_patterns"] = s.split_rows_patterns;
         d["split_rows_by_shape"] = s.split_rows_by_shape;
         d["split_rows_blocks"] = s.split_rows_blocks;
+        d["exclude_from_spectral"] = s.exclude_from_spectral;
+        d["on_nonfinite"] = on_nonfinite_name(s.on_nonfinite);
         d["spectral"] = py::dict();
         return d;
       },

@@ -84,9 +84,11 @@ def test_make_optimizer_matches_cpp_make_optimizer(variant):
     names = [n for n, _ in named]
     params = [p for _, p in named]
     grads = grad_sequence(params, 3)
+    # Every key stated: Python's make_optimizer defaults are the classes' (torch's), the C++
+    # OptimizerSpec's the study's.
     spec = dict(variant=variant, lr_matrix=0.02, lr_vector=0.003, weight_decay_matrix=0.1,
-                weight_decay_vector=0.01, split_rows_patterns=["c_attn"], split_rows_blocks=3,
-                method="svd")
+                weight_decay_vector=0.01, beta1=0.9, beta2=0.95, eps=1e-8, momentum=0.9,
+                nesterov=False, split_rows_patterns=["c_attn"], split_rows_blocks=3, method="svd")
     ref = _C._cpp_make_optimizer_run(names, params, spec, grads)
 
     copies = [p.detach().clone().requires_grad_(True) for p in params]
@@ -121,8 +123,8 @@ def test_make_optimizer_groups():
     opt = specopt.make_optimizer(net, "AdamQ")
     assert isinstance(opt, specopt.SpectralAdamW)
     assert {g["update"] for g in opt.param_groups} == {"adamw"}
-    defaults = specopt.optimizer_spec_defaults()
-    assert [g["lr"] for g in opt.param_groups] == [defaults["lr_matrix"], defaults["lr_vector"]]
+    # make_optimizer's defaults are SpectralAdamW's (docs/python.md, "Defaults")
+    assert [g["lr"] for g in opt.param_groups] == [_C.adamw_defaults()["lr"]] * 2
 
 
 # ---- independent references -------------------------------------------------------------------
@@ -162,7 +164,7 @@ def test_make_optimizer_adam_is_two_group_torch_adamw():
     vectors = [p for p in ref_net.parameters() if p.dim() < 2]
     ref = torch.optim.AdamW([dict(params=matrices, lr=0.02, weight_decay=0.1),
                              dict(params=vectors, lr=0.005, weight_decay=0.2)],
-                            betas=(0.9, 0.95), eps=1e-8)
+                            betas=(0.9, 0.999), eps=1e-8)  # make_optimizer's default betas: AdamW's
     assert_same_training(net, opt, ref_net, ref, x, steps=4)
 
 
@@ -286,8 +288,8 @@ def test_bad_options_raise_value_error():
         specopt.make_optimizer(TinyNet(), "Lion")
     with pytest.raises(ValueError, match="invalid lr_vector"):
         specopt.make_optimizer(TinyNet(), "AdamS", lr_vector=-1.0)
-    with pytest.raises(ValueError, match="unknown option 'lr'"):
-        specopt.make_optimizer(TinyNet(), "AdamS", lr=1e-3)
+    with pytest.raises(ValueError, match="unknown option 'lr_matrx'"):
+        specopt.make_optimizer(TinyNet(), "AdamS", lr_matrx=1e-3)
     with pytest.raises(TypeError, match="'lr' must be a float"):
         specopt.SpectralAdamW(w, lr="fast")
     opt = specopt.SpectralAdamW(w)

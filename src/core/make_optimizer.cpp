@@ -77,12 +77,16 @@ SpectralOptimizer::SpectralOptimizer(Variant variant,
     if (auto* base = dynamic_cast<SpectralOptimizerBase*>(opt.get())) base->set_check_finite_grads(false);
 }
 
-void SpectralOptimizer::step() {
+bool SpectralOptimizer::step() {
   std::vector<at::Tensor> grads;
   grads.reserve(params_.size());
   for (const auto& w : params_) grads.push_back(w.grad());
-  check_finite_grads(grads, names_);
+  if (!grads_finite(grads, names_, spec_.on_nonfinite)) {
+    ++skipped_steps_;
+    return false;
+  }
   for (auto& opt : optimizers_) opt->step();
+  return true;
 }
 
 void SpectralOptimizer::zero_grad() {
@@ -180,10 +184,16 @@ std::unique_ptr<SpectralOptimizer> make_optimizer(
     const bool split_by_shape = spec.split_rows_by_shape && w.dim() >= 2 && w.numel() > 0 &&
                                 w.size(0) == spec.split_rows_blocks * (w.numel() / w.size(0));
     const bool split_it = split_by_shape || matches_any(name, spec.split_rows_patterns);
-    Part& part = w.dim() < 2 ? vectors : (split_it ? split : matrices);
+    const bool excluded = std::find(spec.exclude_from_spectral.begin(), spec.exclude_from_spectral.end(), name) !=
+                          spec.exclude_from_spectral.end();
+    Part& part = (w.dim() < 2 || excluded) ? vectors : (split_it ? split : matrices);
     part.params.push_back(w);
     part.names.push_back(name);
   }
+
+  for (const auto& name : spec.exclude_from_spectral)
+    TORCH_CHECK(seen.count(name), "make_optimizer: exclude_from_spectral names '", name,
+                "', which is not a parameter name");
 
   const auto matrix_transform = [&](auto options, int64_t row_blocks) {
     return options.p(variant.p).method(spec.method).scale(spec.scale).row_blocks(row_blocks).spectral(

@@ -41,8 +41,8 @@ std::string SpectralOptimizerBase::parameter_name(size_t group, size_t index) co
   return os.str();
 }
 
-void SpectralOptimizerBase::check_grads() const {
-  if (!check_finite_grads_) return;
+bool SpectralOptimizerBase::check_grads() {
+  if (!check_finite_grads_) return true;
   std::vector<at::Tensor> grads;
   std::vector<std::string> names;
   for (size_t g = 0; g < param_groups_.size(); ++g) {
@@ -53,7 +53,9 @@ void SpectralOptimizerBase::check_grads() const {
       names.push_back(parameter_name(g, i));
     }
   }
-  check_finite_grads(grads, names);
+  if (grads_finite(grads, names, on_nonfinite_)) return true;
+  ++skipped_steps_;
+  return false;
 }
 
 void SpectralOptimizerBase::check_row_blocks(size_t group, int64_t row_blocks) const {

@@ -99,7 +99,7 @@ at::Tensor SpectralSGD::step(LossClosure closure) {
     o.check();
     check_row_blocks(g, o.row_blocks());
   }
-  check_grads();
+  if (!check_grads()) return loss;  // on_nonfinite = skip_step
 
   at::NoGradGuard no_grad;
   for (auto& group : param_groups_) {

@@ -142,6 +142,21 @@ std::vector<at::Tensor> transform_matrix_updates(const std::vector<at::Tensor>& 
 }
 
 void check_finite_grads(const std::vector<at::Tensor>& grads, const std::vector<std::string>& names) {
+  grads_finite(grads, names, OnNonFinite::kRaise);
+}
+
+std::string on_nonfinite_name(OnNonFinite policy) {
+  return policy == OnNonFinite::kRaise ? "raise" : "skip_step";
+}
+
+OnNonFinite parse_on_nonfinite(const std::string& name) {
+  if (name == "raise") return OnNonFinite::kRaise;
+  if (name == "skip_step") return OnNonFinite::kSkipStep;
+  TORCH_CHECK(false, "unknown on_nonfinite '", name, "' (valid: raise, skip_step)");
+}
+
+bool grads_finite(const std::vector<at::Tensor>& grads, const std::vector<std::string>& names,
+                  OnNonFinite policy) {
   TORCH_CHECK(names.empty() || names.size() == grads.size(), "check_finite_grads: ", grads.size(),
               " gradients but ", names.size(), " names");
   const auto name_of = [&](size_t i) { return names.empty() ? "gradient " + std::to_string(i) : names[i]; };
@@ -157,7 +172,7 @@ void check_finite_grads(const std::vector<at::Tensor>& grads, const std::vector<
     sums.push_back(grads[i].sum());
     index.push_back(i);
   }
-  if (sums.empty()) return;
+  if (sums.empty()) return true;
   const at::Tensor finite = at::isfinite(at::stack(sums)).to(at::kCPU);
   const bool* finite_data = finite.data_ptr<bool>();
   for (size_t k = 0; k < index.size(); ++k) {
@@ -166,9 +181,11 @@ void check_finite_grads(const std::vector<at::Tensor>& grads, const std::vector<
     const int64_t nans = at::isnan(g).sum().item<int64_t>();
     const int64_t infs = at::isinf(g).sum().item<int64_t>();
     if (nans == 0 && infs == 0) continue;  // finite entries whose sum overflowed
+    if (policy == OnNonFinite::kSkipStep) return false;
     TORCH_CHECK(false, "non-finite gradient for ", name_of(index[k]), " (shape ", g.sizes(), "): ", nans,
                 " NaN and ", infs, " Inf of ", g.numel(), " entries; no parameter or optimizer state was changed");
   }
+  return true;
 }
 
 namespace {

@@ -17,6 +17,7 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -42,6 +43,13 @@ struct OptimizerSpec {
   std::vector<std::string> split_rows_patterns;
   bool split_rows_by_shape = false;
   int64_t split_rows_blocks = 3;
+  // Matrices trained like the vectors (the vector group's AdamW, p = 1, lr_vector,
+  // weight_decay_vector) instead of by Ψ_p, by exact parameter name: e.g. the
+  // embeddings and the output head (Python: exclude_embeddings_and_head, docs/muon.md).
+  // A name that matches no parameter is an error.
+  std::vector<std::string> exclude_from_spectral;
+  // A non-finite gradient raises (nothing changes), or skips the step (update_rules.h).
+  OnNonFinite on_nonfinite = OnNonFinite::kRaise;
   SpectralOptions spectral;
 };
 
@@ -58,9 +66,12 @@ class SpectralOptimizer {
                     std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers,
                     std::vector<Group> groups, std::vector<std::string> parameter_names);
 
-  // Checks all gradients for NaN/Inf (throwing with the parameter's name
-  // before anything changes), then steps every underlying optimizer.
-  void step();
+  // Checks all gradients for NaN/Inf before anything changes: then, as
+  // spec().on_nonfinite says, throws naming the parameter, or skips the step
+  // (returns false, counted by skipped_steps()). Else steps every underlying
+  // optimizer and returns true.
+  bool step();
+  int64_t skipped_steps() const { return skipped_steps_; }
   void zero_grad();  // releases the gradients (set_to_none), on every LibTorch version
   void set_lr(double lr_matrix, double lr_vector);  // per-step schedules
   void set_p(double p);                             // p schedules (matrix groups)
@@ -81,6 +92,7 @@ class SpectralOptimizer {
   std::vector<Group> groups_;
   std::vector<std::string> names_;
   std::vector<at::Tensor> params_;  // in the order of names_
+  int64_t skipped_steps_ = 0;
 };
 
 // Throws c10::Error naming the bad value (unknown variant, negative lr, ...),

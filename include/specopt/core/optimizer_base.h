@@ -4,9 +4,12 @@
 // keys Optimizer::state_ (see compat.h).
 #pragma once
 
+#include "specopt/core/update_rules.h"
+
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,10 +40,17 @@ class SpectralOptimizerBase : public torch::optim::Optimizer {
   // step() checks every gradient for NaN/Inf first (on by default). A wrapper
   // that checks all its optimizers' gradients itself turns this off.
   void set_check_finite_grads(bool on) { check_finite_grads_ = on; }
+  // What step() does on a non-finite gradient: raise (default) or skip the
+  // step, changing nothing (update_rules.h, OnNonFinite).
+  void set_on_nonfinite(OnNonFinite policy) { on_nonfinite_ = policy; }
+  OnNonFinite on_nonfinite() const { return on_nonfinite_; }
+  // Steps skipped under OnNonFinite::kSkipStep (not saved: a run-time count).
+  int64_t skipped_steps() const { return skipped_steps_; }
 
  protected:
-  // Throws, naming the parameter, if any gradient is non-finite (when enabled).
-  void check_grads() const;
+  // False (the step is skipped) if a gradient is non-finite under kSkipStep;
+  // under kRaise throws, naming the parameter. True when unchecked.
+  bool check_grads();
   // Throws, naming the parameter, if `row_blocks` does not divide dim 0 of a
   // matrix of group `group`.
   void check_row_blocks(size_t group, int64_t row_blocks) const;
@@ -58,6 +68,8 @@ class SpectralOptimizerBase : public torch::optim::Optimizer {
  private:
   std::vector<std::vector<std::string>> names_;
   bool check_finite_grads_ = true;
+  OnNonFinite on_nonfinite_ = OnNonFinite::kRaise;
+  int64_t skipped_steps_ = 0;
 };
 
 }  // namespace specopt

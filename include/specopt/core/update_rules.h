@@ -81,6 +81,23 @@ double transform_seconds();
 // device→host sync. Call it before any state change.
 void check_finite_grads(const std::vector<at::Tensor>& grads, const std::vector<std::string>& names);
 
+// What an optimizer step does when a gradient holds NaN or Inf (option
+// `on_nonfinite`): raise (the default; nothing changes), or skip the whole
+// step (nothing changes, no error; the optimizers count skipped steps).
+// Either way the check costs one reduction per gradient and one host sync
+// (docs/optimizers.md, "Non-finite gradients", has the measured cost).
+enum class OnNonFinite {
+  kRaise,     // "raise"
+  kSkipStep,  // "skip_step"
+};
+std::string on_nonfinite_name(OnNonFinite policy);
+// Throws c10::Error naming the bad string and the valid names.
+OnNonFinite parse_on_nonfinite(const std::string& name);
+// True when every gradient is finite. Otherwise kRaise throws as
+// check_finite_grads; kSkipStep returns false.
+bool grads_finite(const std::vector<at::Tensor>& grads, const std::vector<std::string>& names,
+                  OnNonFinite policy);
+
 // Adam family, in place on params, exp_avgs and exp_avg_sqs. `steps[i]` is the
 // step count of param i AFTER its increment (1 on the first step). Matrices
 // (dim ≥ 2) go through transform_matrix_updates; vectors take the plain AdamW
