@@ -609,6 +609,7 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
   nlohmann::json j = analysis_json(a);
   j["study"] = config.name;
   j["config"] = config.config_path;
+  j["set"] = config.set_overrides;
   if (have_ref) {
     j["reference"] = analysis_json(ref);
     j["reference"]["path"] = config.reference;
@@ -628,9 +629,11 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
 
   std::ostringstream md;
   md << "# Study `" << config.name << "`\n\n";
-  md << fmt::format("Config `{}`; command `specopt study {}`. {} runs: {} finished, {} diverged, "
+  std::string command = "specopt study " + config.config_path;
+  for (const auto& s : config.set_overrides) command += " --set " + s;
+  md << fmt::format("Config `{}`; command `{}`. {} runs: {} finished, {} diverged, "
                     "{} missing. Summed run time {:.0f} s.\n\n",
-                    config.config_path, config.config_path, a.runs_total, a.runs_finished,
+                    config.config_path, command, a.runs_total, a.runs_finished,
                     a.runs_diverged, a.runs_missing, wall);
   md << "Final validation loss per variant and matrix learning rate (`optim.lr_matrix`), mean ± "
         "sample std over seeds; diverged runs count as inf. Stable = no diverged seed and mean "

@@ -44,7 +44,7 @@ namespace specopt {
 //   workers = 1                        # parallel runs; each gets threads / workers threads
 //   threads = 0                        # total threads of the study (0 = all cores)
 //   study_dir = "runs/study/fmnist-quick"   # relative to the working directory
-//   reference = "../shared/reference/paper_gpt2_124m.json"  # relative to the config file
+//   reference = "../reference/paper_gpt2_124m.json"  # relative to the config file
 //   stable_tolerance = 0.02            # see analyze_study()
 //   reference_tolerance = 0.02         # the same, for the paper's numbers (loss level ~2.9)
 //   [study.overrides]                  # extra per-variant train overrides (--set key=value)
@@ -65,6 +65,7 @@ struct StudyConfig {
   double stable_tolerance = 0.02;
   double reference_tolerance = 0.02;
   std::string config_path;                             // the file it was loaded from
+  std::vector<std::string> set_overrides;              // load_study_config's `overrides` (--set)
   std::string train_config_toml;                       // base train config, serialized TOML
 };
 

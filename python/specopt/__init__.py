@@ -4,6 +4,7 @@
     specopt.SpectralAdamW / specopt.SpectralSGD               torch.optim.Optimizer subclasses
     specopt.make_optimizer(model, "AdamS", lr_matrix=..., lr_vector=...)
     specopt.set_cpu_threads(n)                                 consistent LibTorch/OpenBLAS pools
+    specopt.load_checkpoint(path)                              a C++ trainer checkpoint as Python objects
 
 Method names, variant names and every default come from the C++ tables
 (specopt.methods(), specopt.named_variants(), specopt.spectral_option_defaults(),
@@ -38,9 +39,11 @@ from ._C import (  # noqa: F401
     spectral_power,
 )
 from .optim import SpectralAdamW, SpectralSGD, make_optimizer  # noqa: F401
+from .checkpoint import load_checkpoint  # noqa: F401
 
 __all__ = [
     "spectral_power", "methods", "spectral_option_defaults",
     "Variant", "parse_variant", "named_variants", "optimizer_spec_defaults",
     "SpectralAdamW", "SpectralSGD", "make_optimizer", "set_cpu_threads", "build_info",
+    "load_checkpoint",
 ]

@@ -27,11 +27,15 @@ _SGD = _C.sgd_defaults()
 _CHECK = {"adamw": _C.check_adamw_group, "sgd": _C.check_sgd_group}
 
 
-def _check_group(group):
-    """ValueError/TypeError naming the bad option of a param group (C++ check())."""
+def _check_group(group, index):
+    """ValueError/TypeError naming the group (index, role) and its bad option (C++ check())."""
+    where = f"param_groups[{index}]" + (f" (role {group['role']!r})" if "role" in group else "")
     if group.get("update") not in _CHECK:
-        raise ValueError(f"param group 'update' must be 'adamw' or 'sgd', got {group.get('update')!r}")
-    _CHECK[group["update"]](group)
+        raise ValueError(f"{where}: 'update' must be 'adamw' or 'sgd', got {group.get('update')!r}")
+    try:
+        _CHECK[group["update"]](group)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{where}, update={group['update']!r}: {e}") from None
 
 
 class _SpectralOptimizer(torch.optim.Optimizer):
@@ -40,7 +44,7 @@ class _SpectralOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _check_group(self.param_groups[-1])
+            _check_group(self.param_groups[-1], len(self.param_groups) - 1)
         except Exception:
             del self.param_groups[-1]
             raise
@@ -73,8 +77,8 @@ class _SpectralOptimizer(torch.optim.Optimizer):
                     grads.append(p.grad)
                     names.append(self._param_name(g, i, group))
         _C.check_finite_grads(grads, names)
-        for group in self.param_groups:
-            _check_group(group)
+        for g, group in enumerate(self.param_groups):
+            _check_group(group, g)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
