@@ -47,6 +47,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -339,6 +340,9 @@ struct Trainer::Impl {
 
   std::shared_ptr<torch::nn::Module> module;
   std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> loss_fn;
+  // Image classifiers: the logits (loss_fn is their cross-entropy); unset for the gpt.
+  std::function<at::Tensor(const at::Tensor&)> logits_fn;
+  double last_val_accuracy = std::numeric_limits<double>::quiet_NaN();
   std::vector<at::Tensor> params;
 
   // Exactly one of the two data kinds is set.
@@ -464,6 +468,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
       m.module = cnn.ptr();
       forward = [cnn](const at::Tensor& x) mutable { return cnn->forward(x); };
     }
+    m.logits_fn = forward;
     m.loss_fn = [forward](const at::Tensor& x, const at::Tensor& y) {
       return torch::nn::functional::cross_entropy(forward(x), y);
     };
@@ -498,6 +503,8 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
 }
 
 Trainer::~Trainer() = default;
+
+double Trainer::val_accuracy() const { return impl_->last_val_accuracy; }
 
 int64_t Trainer::steps_done() const { return impl_->step; }
 const TrainConfig& Trainer::config() const { return impl_->config; }
@@ -671,19 +678,28 @@ double Trainer::evaluate() {
   const int64_t micro = c.train.batch_size / c.train.grad_accum;
   int64_t n = m.validation_batches();
   if (c.train.eval_batches > 0) n = std::min(n, c.train.eval_batches);
-  // Batches are dealt round-robin to the ranks; (loss sum, example count) is summed.
-  at::Tensor sums = torch::zeros({2}, torch::kFloat64);
+  // Batches are dealt round-robin to the ranks; (loss sum, example count, correct
+  // predictions) is summed.
+  at::Tensor sums = torch::zeros({3}, torch::kFloat64);
   for (int64_t i = m.hooks.rank; i < n; i += m.hooks.world_size) {
     auto batch = m.token_sampler ? m.token_val.sequential_batch(i, micro, c.model.block_size)
                                  : m.image_val.batch(i, micro);
     const int64_t count = batch.first.size(0);
-    const double loss =
-        m.loss_fn(batch.first.to(m.device), batch.second.to(m.device)).item<double>();
+    const at::Tensor x = batch.first.to(m.device), y = batch.second.to(m.device);
+    double loss = 0.0;
+    if (m.logits_fn) {  // the same loss as loss_fn, from the logits the accuracy also needs
+      const at::Tensor logits = m.logits_fn(x);
+      loss = torch::nn::functional::cross_entropy(logits, y).item<double>();
+      sums[2] += logits.argmax(1).eq(y).sum().item<double>();
+    } else {
+      loss = m.loss_fn(x, y).item<double>();
+    }
     sums[0] += loss * static_cast<double>(count);
     sums[1] += static_cast<double>(count);
   }
   m.all_reduce(sums);
   m.module->train();
+  if (m.logits_fn) m.last_val_accuracy = sums[2].item<double>() / sums[1].item<double>();
   return sums[0].item<double>() / sums[1].item<double>();
 }
 
@@ -1038,6 +1054,7 @@ TrainResult result_from_summary(const nlohmann::json& s) {
   r.throughput = s.value("throughput", 0.0);
   r.spectral_share = s.value("spectral_share", 0.0);
   r.wall_s = s.value("wall_s", 0.0);
+  r.final_val_accuracy = s.contains("final_val_accuracy") ? json_to_double(s["final_val_accuracy"]) : kNaN;
   return r;
 }
 
@@ -1103,7 +1120,11 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
     for (const auto& p : {metrics_path, summary_path, checkpoint_path, checkpoint_path + ".tmp"})
       fs::remove(p, ec);
   }
-  if (main_process) write_file_atomic(config_path, config_to_toml(c));
+  if (main_process) {
+    TrainConfig recorded = c;
+    recorded.run.run_dir = run_dir;  // where the run really is (--run-dir wins over the config)
+    write_file_atomic(config_path, config_to_toml(recorded));
+  }
 
   std::unique_ptr<MetricsFile> metrics;
   if (main_process) metrics = std::make_unique<MetricsFile>(metrics_path);
@@ -1150,11 +1171,13 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
         totals.best_val_loss = std::min(totals.best_val_loss, val);
       }
       row["val_loss"] = json_number(val);
+      if (!std::isnan(trainer.val_accuracy())) row["val_accuracy"] = trainer.val_accuracy();
       log_row = true;
       progress.message(fmt::format("step {}/{} | val_loss {:.4f} | best {:.4f}", s.step, c.train.steps,
                                    val, totals.best_val_loss));
     }
     if (main_process && log_row) {
+      row["wall_s"] = wall_before + seconds_since(run_start);
       const std::string error = metrics->append(row.dump());
       if (!error.empty()) {
         // Disk full (or gone): stop, keeping what can be kept.
@@ -1223,11 +1246,12 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
   r.throughput = totals.train_s > 0 ? static_cast<double>(totals.items) / totals.train_s : 0.0;
   r.spectral_share = totals.train_s > 0 ? totals.transform_s / totals.train_s : 0.0;
   r.wall_s = wall_before + seconds_since(run_start);
+  r.final_val_accuracy = diverged ? kNaN : trainer.val_accuracy();
 
   if (main_process) {
     int64_t parameters = 0;
     for (const auto& p : trainer.model().parameters()) parameters += p.numel();
-    const nlohmann::json summary = {
+    nlohmann::json summary = {
         {"status", r.status},
         {"diverged", r.diverged},
         {"diverged_reason", r.diverged_reason},
@@ -1257,6 +1281,7 @@ TrainResult train(const TrainConfig& config, const std::string& run_dir, const T
            return nlohmann::json{{"intra_op", t.intra_op}, {"blas", t.blas}, {"blas_kind", t.blas_kind}};
          }()},
     };
+    if (!std::isnan(r.final_val_accuracy)) summary["final_val_accuracy"] = r.final_val_accuracy;
     write_file_atomic(summary_path, summary.dump(2) + "\n");
   }
   return r;

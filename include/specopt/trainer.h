@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -173,6 +174,9 @@ class Trainer {
   // Mean validation loss over the fixed validation batches (model in eval
   // mode meanwhile; no gradients; no random numbers drawn).
   double evaluate();
+  // Classification accuracy (fraction of validation examples whose argmax logit is the
+  // label) of the last evaluate() on image data; NaN for token data and before it.
+  double val_accuracy() const;
 
   int64_t steps_done() const;
   const TrainConfig& config() const;
@@ -236,6 +240,9 @@ struct TrainResult {
   // Adam/momentum arithmetic) until the optimizer reports transform time.
   double spectral_share = 0.0;
   double wall_s = 0.0;
+  // Image data: the last validation's accuracy (Trainer::val_accuracy); NaN for token
+  // data and when diverged.
+  double final_val_accuracy = std::numeric_limits<double>::quiet_NaN();
 };
 
 // Trains per `config`, writing the run directory `run_dir` (created). Without
