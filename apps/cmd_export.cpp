@@ -2,7 +2,7 @@
 // (checkpoint_export.h; docs/training.md "Export").
 #include "commands.h"
 
-#include "specopt/checkpoint_export.h"
+#include "specopt/train/checkpoint_export.h"
 
 #include <iostream>
 #include <memory>

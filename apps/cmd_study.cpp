@@ -1,8 +1,8 @@
 // `specopt study CONFIG`: the controlled study (variants × lr grid × seeds) and its report.
 #include "commands.h"
 
-#include "specopt/study.h"
-#include "specopt/trainer.h"  // kExitInterrupted
+#include "specopt/study/study.h"
+#include "specopt/train/trainer.h"  // kExitInterrupted
 
 #include <fmt/format.h>
 #include <unistd.h>

@@ -1,6 +1,6 @@
 // The CLI's small promises (issue 15 item 8): the help's examples exist, every error
 // exits 1, config files print floats in their shortest round-trip form.
-#include "specopt/config.h"
+#include "specopt/train/config.h"
 
 #include <gtest/gtest.h>
 

@@ -1,9 +1,9 @@
 // Checkpoints PyTorch can read (issue 15 item 6): the model state of a trainer
 // checkpoint by name, and `specopt export`'s torch.load-able state_dict
 // (python/tests/test_checkpoint.py loads the same files with torch.load).
-#include "specopt/checkpoint_export.h"
-#include "specopt/config.h"
-#include "specopt/trainer.h"
+#include "specopt/train/checkpoint_export.h"
+#include "specopt/train/config.h"
+#include "specopt/train/trainer.h"
 
 #include <gtest/gtest.h>
 #include <torch/serialize.h>

@@ -1,10 +1,10 @@
 // Metrics people expect (issue 15 item 7) and the run directory's record of itself:
 // validation accuracy of the image classifiers (metrics.jsonl, summary.json,
 // TrainResult), wall time per metrics row, config.toml naming the real run dir.
-#include "specopt/config.h"
-#include "specopt/data.h"
-#include "specopt/models.h"
-#include "specopt/trainer.h"
+#include "specopt/train/config.h"
+#include "specopt/train/data.h"
+#include "specopt/train/models.h"
+#include "specopt/train/trainer.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

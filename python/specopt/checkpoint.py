@@ -1,6 +1,6 @@
 """Read a checkpoint of the C++ trainer (``specopt train``'s RUN_DIR/checkpoint.pt) in Python.
 
-``torch.load`` cannot read such a file: it is a 24-byte header (include/specopt/checkpoint.h:
+``torch.load`` cannot read such a file: it is a 24-byte header (include/specopt/train/checkpoint.h:
 magic ``SPECCKPT``, format version, payload length, CRC-32 of the payload; little-endian)
 in front of a LibTorch ``torch::serialize::OutputArchive``. That archive is a TorchScript
 module archive, which ``torch.jit.load`` reads: its tensors are the module's parameters and
@@ -18,7 +18,7 @@ import torch
 
 __all__ = ["load_checkpoint"]
 
-# include/specopt/checkpoint.h: kCheckpointMagic, kCheckpointFormatVersion, kCheckpointHeaderSize.
+# include/specopt/train/checkpoint.h: kCheckpointMagic, kCheckpointFormatVersion, kCheckpointHeaderSize.
 _MAGIC = b"SPECCKPT"
 _FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sIQI")  # magic, version (uint32), payload length (uint64), CRC-32 (uint32)
@@ -70,7 +70,7 @@ def _archive_dict(module):
 
 
 def _optimizer(archive):
-    """The SpectralOptimizer archive (make_optimizer.h: the composite, then per underlying
+    """The SpectralOptimizer archive (core/make_optimizer.h: the composite, then per underlying
     optimizer spectral_optimizers.cpp's SpectralOptimizerBase::save) keyed by parameter name."""
     top = _attributes(archive)
     if top.get("kind") != "SpectralOptimizer":

@@ -1,6 +1,6 @@
 // Two steps of SpectralAdamW (AdamS: p = 1/2) on a small linear least-squares problem,
 // through the installed specopt package; exits 0 only if the loss went down.
-#include <specopt/spectral_adamw.h>
+#include <specopt/core/spectral_adamw.h>
 
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/functional/loss.h>

@@ -13,9 +13,9 @@
 //   loss.backward(); opt.step(); opt.zero_grad();
 #pragma once
 
-#include "specopt/optimizer_base.h"
-#include "specopt/spectral.h"
-#include "specopt/update_rules.h"
+#include "specopt/core/optimizer_base.h"
+#include "specopt/core/spectral.h"
+#include "specopt/core/update_rules.h"
 
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>

@@ -8,9 +8,9 @@
 // SpectralOptimizer wraps the one or two optimizers so trainers see one object.
 #pragma once
 
-#include "specopt/spectral.h"
-#include "specopt/update_rules.h"
-#include "specopt/variants.h"
+#include "specopt/core/spectral.h"
+#include "specopt/core/update_rules.h"
+#include "specopt/core/variants.h"
 
 #include <ATen/core/Tensor.h>
 #include <torch/ordered_dict.h>

@@ -1,8 +1,8 @@
 // checkpoint_export.h: the model archive of a checkpoint, walked by name.
-#include "specopt/checkpoint_export.h"
+#include "specopt/train/checkpoint_export.h"
 
-#include "specopt/checkpoint.h"
-#include "specopt/config.h"
+#include "specopt/train/checkpoint.h"
+#include "specopt/train/config.h"
 
 #include <c10/util/Exception.h>
 #include <caffe2/serialize/inline_container.h>

@@ -9,7 +9,7 @@
 // `newton` (p ≥ 0) instead factors O = Q H (polar decomposition) and uses
 //     Ψ_p(O) = Q H^p,   H = QᵀO ⪰ 0,                                (2)
 // with Q and H^p computed by odd / bounded polynomial iterations (details in
-// src/spectral_newton.cpp and docs/transform.md).
+// src/core/spectral_newton.cpp and docs/transform.md).
 //
 // Conventions (all methods):
 //  * Leading dimensions are a batch: O has shape (..., m, n).

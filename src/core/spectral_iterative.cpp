@@ -5,7 +5,7 @@
 // Gram matrix A = XᵀX, using Ψ_p(X) = X A^{-r} with r = (1-p)/2 (eq. (1) of
 // spectral.h). Every matrix product goes through detail::counted_matmul so
 // SpectralInfo::matmul_flops is exact.
-#include "spectral_internal.h"
+#include "core/spectral_internal.h"
 
 #include <ATen/ATen.h>
 

@@ -1,10 +1,10 @@
 // Data-parallel training on torch c10d: rendezvous, bucketed gradient
 // all-reduce, sharded optimizer step, full-state checkpoints, launcher.
-#include "specopt/distributed.h"
-#include "specopt/compat.h"
-#include "specopt/update_rules.h"
+#include "specopt/dist/distributed.h"
+#include "specopt/core/compat.h"
+#include "specopt/core/update_rules.h"
 
-#include "stop_signals.h"
+#include "train/stop_signals.h"
 
 // The c10d Gloo header includes Gloo's own headers (Debian: libgloo-dev; pip
 // LibTorch ships them) and is compiled only under USE_C10D_GLOO, which

@@ -1,10 +1,10 @@
 // make_optimizer and SpectralOptimizer: the study's parameter grouping over
 // SpectralAdamW / SpectralSGD (see make_optimizer.h).
-#include "specopt/make_optimizer.h"
+#include "specopt/core/make_optimizer.h"
 
-#include "specopt/compat.h"
-#include "specopt/spectral_adamw.h"
-#include "specopt/spectral_sgd.h"
+#include "specopt/core/compat.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/core/spectral_sgd.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>

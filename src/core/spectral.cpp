@@ -1,9 +1,9 @@
 // Ψ_p(O) = U Σ^p Vᵀ: method table, input handling and the exact methods.
 // The iterative methods (newton, newton_schulz, paper) live in
 // spectral_iterative.cpp.
-#include "specopt/spectral.h"
+#include "specopt/core/spectral.h"
 
-#include "spectral_internal.h"
+#include "core/spectral_internal.h"
 
 #include <ATen/ATen.h>
 

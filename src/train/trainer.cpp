@@ -1,15 +1,15 @@
 // The trainer (trainer.h) and its checkpoint files (checkpoint.h).
-#include "specopt/trainer.h"
+#include "specopt/train/trainer.h"
 
-#include "specopt/checkpoint.h"
-#include "specopt/data.h"
-#include "specopt/models.h"
-#include "specopt/spectral_adamw.h"
-#include "specopt/spectral_sgd.h"
-#include "specopt/threads.h"
-#include "specopt/update_rules.h"
+#include "specopt/train/checkpoint.h"
+#include "specopt/train/data.h"
+#include "specopt/train/models.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/core/spectral_sgd.h"
+#include "specopt/core/threads.h"
+#include "specopt/core/update_rules.h"
 
-#include "stop_signals.h"
+#include "train/stop_signals.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/util/Exception.h>

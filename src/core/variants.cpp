@@ -1,4 +1,4 @@
-#include "specopt/variants.h"
+#include "specopt/core/variants.h"
 
 #include <c10/util/Exception.h>
 

@@ -1,5 +1,5 @@
-// GPT (nanoGPT, bias=False), MLP and CNN. See include/specopt/models.h.
-#include "specopt/models.h"
+// GPT (nanoGPT, bias=False), MLP and CNN. See include/specopt/train/models.h.
+#include "specopt/train/models.h"
 
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>

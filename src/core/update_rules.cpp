@@ -1,5 +1,5 @@
 // Layer 2: the update rules of the Adam and mSGD families (see update_rules.h).
-#include "specopt/update_rules.h"
+#include "specopt/core/update_rules.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>

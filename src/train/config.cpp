@@ -1,11 +1,11 @@
 // TrainConfig ↔ TOML. One field list (visit_fields) drives reading, writing,
 // overrides, key listing and comparison, so a new key is one line there.
-#include "specopt/config.h"
+#include "specopt/train/config.h"
 
-#include "specopt/spectral.h"
-#include "specopt/trainer.h"
-#include "specopt/update_rules.h"
-#include "specopt/variants.h"
+#include "specopt/core/spectral.h"
+#include "specopt/train/trainer.h"
+#include "specopt/core/update_rules.h"
+#include "specopt/core/variants.h"
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>

@@ -18,7 +18,7 @@
 // but no summary is resumed with `--resume`.
 #pragma once
 
-#include "specopt/variants.h"
+#include "specopt/core/variants.h"
 
 #include <cstdint>
 #include <functional>

@@ -1,7 +1,7 @@
 // CPU thread pools (threads.h). OpenBLAS is reached through dlsym so the
 // library builds and runs against any BLAS LibTorch was built with (MKL in
 // pip wheels): the calls are skipped when the symbols are absent.
-#include "specopt/threads.h"
+#include "specopt/core/threads.h"
 
 #include <ATen/Parallel.h>
 

@@ -1,10 +1,10 @@
 // Layer 3: SpectralAdamW and SpectralSGD as torch::optim::Optimizers, and
 // their shared base (names, save/load). The arithmetic lives in
 // update_rules.cpp; this file handles groups, lazy state and serialization.
-#include "specopt/compat.h"
-#include "specopt/optimizer_base.h"
-#include "specopt/spectral_adamw.h"
-#include "specopt/spectral_sgd.h"
+#include "specopt/core/compat.h"
+#include "specopt/core/optimizer_base.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/core/spectral_sgd.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>

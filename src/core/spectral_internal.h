@@ -1,7 +1,7 @@
 // Internal interface between the parts of the spectral transform.
 #pragma once
 
-#include "specopt/spectral.h"
+#include "specopt/core/spectral.h"
 
 #include <ATen/core/Tensor.h>
 

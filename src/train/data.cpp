@@ -1,6 +1,6 @@
 // Token streams, IDX image files, the KJV corpus and the deterministic
-// samplers. See include/specopt/data.h and docs/data.md.
-#include "specopt/data.h"
+// samplers. See include/specopt/train/data.h and docs/data.md.
+#include "specopt/train/data.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>

@@ -1,6 +1,6 @@
 // Study analysis (aggregation, stable ranges, the three claims) and the report:
 // report.md, CSV/JSON tables, and the plots drawn by scripts/plot_study.py.
-#include "specopt/study.h"
+#include "specopt/study/study.h"
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>

@@ -14,8 +14,8 @@
 // files and logs to rank 0.
 #pragma once
 
-#include "specopt/config.h"
-#include "specopt/make_optimizer.h"
+#include "specopt/train/config.h"
+#include "specopt/core/make_optimizer.h"
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>

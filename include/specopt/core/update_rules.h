@@ -18,7 +18,7 @@
 // (dim0, rest) matrices for Ψ_p.
 #pragma once
 
-#include "specopt/spectral.h"
+#include "specopt/core/spectral.h"
 
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>

@@ -39,7 +39,7 @@
 // the batch's σ_max/c bound); tol stops a stage when
 // max(1 - lo, hi - 1) < tol. iterations = N > 0 stops every stage at table
 // step N (stages that start later in the table run fewer steps, at least one).
-#include "spectral_internal.h"
+#include "core/spectral_internal.h"
 
 #include <ATen/ATen.h>
 

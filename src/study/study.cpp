@@ -1,12 +1,12 @@
 // The study runner: config, plan, resumable parallel launch of `specopt train`
 // subprocesses, and reading their run directories. The analysis and the report
 // are in report.cpp.
-#include "specopt/study.h"
+#include "specopt/study/study.h"
 
-#include "specopt/config.h"
-#include "specopt/trainer.h"  // kExitInterrupted
+#include "specopt/train/config.h"
+#include "specopt/train/trainer.h"  // kExitInterrupted
 
-#include "stop_signals.h"
+#include "train/stop_signals.h"
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>

@@ -26,7 +26,7 @@
 // GLOO_SOCKET_IFNAME (network interface Gloo binds to on multi-machine runs).
 #pragma once
 
-#include "specopt/trainer.h"
+#include "specopt/train/trainer.h"
 
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
