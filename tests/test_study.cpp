@@ -8,6 +8,7 @@
 #include "specopt/train/trainer.h"
 
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -623,6 +624,32 @@ TEST(StudyReport, HeaderListsTheSetOverrides) {
   EXPECT_NE(md.find(command), std::string::npos) << md.substr(0, 400);
   const auto j = nlohmann::json::parse(read_file(fs::path(cfg.study_dir) / "analysis.json"));
   EXPECT_EQ(j["set"], nlohmann::json(sets));
+}
+
+// Image tasks: the summary table gets the mean validation accuracy at each variant's best lr
+// (finished seeds only), runs.csv the accuracy of every run.
+TEST(StudyReport, AccuracyColumnAtTheBestLr) {
+  auto s = make_synthetic("accuracy", "[study]\nvariants = [\"Adam\", \"mSGD\"]\nseeds = [0, 1]\nlrs = [0.01, 0.1]",
+                          [](const specopt::StudyRun& r) { return r.variant == "Adam" ? 1.0 + r.lr : 2.0 - r.lr; });
+  for (const auto& run : specopt::plan_study(s.cfg)) {
+    auto j = nlohmann::json::parse(read_file(fs::path(run.dir) / "summary.json"));
+    j["final_val_accuracy"] = (run.variant == "Adam" ? 0.5 : 0.7) + 0.1 * run.seed + run.lr;
+    if (run.variant == "mSGD") j.erase("final_val_accuracy");  // e.g. written by an older trainer
+    write_file(fs::path(run.dir) / "summary.json", j.dump());
+  }
+  const auto results = specopt::collect_results(s.cfg);
+  specopt::ReportOptions opt;
+  opt.plots = false;
+  const std::string md =
+      read_file(specopt::write_study_report(s.cfg, specopt::analyze_study(results, s.cfg.variants, 0.02), results, opt));
+  EXPECT_NE(md.find("| best final val loss | val accuracy at best lr (mean) | stable lr range |"), std::string::npos)
+      << md;
+  // Adam's best lr is 0.01: seeds 0 and 1 → (0.51 + 0.61) / 2; mSGD has none.
+  EXPECT_NE(md.find(fmt::format("| {:.4f} |", (0.51 + 0.61) / 2)), std::string::npos) << md;
+  EXPECT_NE(md.find("| – |"), std::string::npos) << md;
+  const std::string runs = read_file(fs::path(s.cfg.study_dir) / "runs.csv");
+  EXPECT_NE(runs.find(",final_val_accuracy\n"), std::string::npos) << runs;
+  EXPECT_NE(runs.find(",0.61\n"), std::string::npos) << runs;
 }
 
 TEST(StudyReport, WritesTablesThatMatchTheAnalysis) {

@@ -728,6 +728,8 @@ RunResult read_run_result(const StudyRun& run) {
   }
   r.spectral_share = num("spectral_share");
   r.wall_s = num("wall_s");
+  if (j.contains("final_val_accuracy") && j["final_val_accuracy"].is_number())
+    r.final_val_accuracy = j["final_val_accuracy"].get<double>();
   return r;
 }
 

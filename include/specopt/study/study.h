@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <functional>
 #include <iosfwd>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -169,6 +170,7 @@ struct RunResult {
   std::string throughput_unit;   // "tokens/s" or "samples/s"
   double spectral_share = 0.0;   // fraction of step time in the spectral transform
   double wall_s = 0.0;
+  double final_val_accuracy = std::numeric_limits<double>::quiet_NaN();  // image tasks; else NaN
 };
 
 // Reads RUN_DIR/summary.json (missing file → kMissing; malformed → c10::Error naming the file).
