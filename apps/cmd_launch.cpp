@@ -22,7 +22,7 @@ specopt::cli::Registrar reg("launch", [](CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "launch",
       "Run N ranks of a specopt subcommand on this machine, e.g.\n"
-      "  specopt launch --nproc 2 -- train configs/gpt_kjv.toml\n"
+      "  specopt launch --nproc 2 -- train configs/train/kjv-gpt-tiny.toml\n"
       "Each rank gets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in its environment; when one rank\n"
       "fails the others are stopped and its exit status is returned.");
   cmd->add_option("--nproc", args->nproc, "Ranks on this machine")->check(CLI::PositiveNumber);

@@ -104,8 +104,9 @@ void run_train(const TrainArgs& a) {
 specopt::cli::Registrar reg("train", [](CLI::App& app) {
   auto args = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "Train one model with one optimizer (see docs/training.md)");
-  cmd->add_option("config", args->config_path, "TOML config file (omit for the defaults)")
-      ->check(CLI::ExistingFile);
+  // No CLI::ExistingFile check: CLI11 exits 105 on a failed check, and a missing config is an
+  // error like any other bad config (load_config: "cannot open config file", exit status 1).
+  cmd->add_option("config", args->config_path, "TOML config file (omit for the defaults)");
   cmd->add_option("--set", args->overrides, "Override a config key: table.key=value (repeatable)")
       ->allow_extra_args(false);
   cmd->add_option("--run-dir", args->run_dir, "Run directory (default: run.run_dir of the config)");

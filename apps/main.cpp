@@ -25,7 +25,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help / --version exit 0; every command-line error exits 1 like any other error
+    // (docs/training.md), not with CLI11's own codes (105 for a failed check, 109, ...).
+    return app.exit(e) == 0 ? 0 : 1;
   } catch (const c10::Error& e) {
     std::cerr << "specopt: error: " << e.what_without_backtrace() << "\n";
     return 1;

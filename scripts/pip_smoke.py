@@ -1,6 +1,6 @@
 """Smoke test of a pip-installed specopt (scripts/torch2.sh pip-smoke): the installed
 package (not the checkout) imports under the torch it was built for, its metadata pins
-that torch, and a small model trains a few steps with make_optimizer."""
+that torch and the MIT license, and a small model trains a few steps with make_optimizer."""
 import os
 import sys
 import sysconfig
@@ -16,6 +16,9 @@ assert any(os.path.abspath(specopt.__file__).startswith(d + os.sep) for d in sit
 requires = metadata.requires("specopt") or []
 pin = f"torch=={metadata.version('torch')}"
 assert pin in requires, f"metadata Requires-Dist {requires}, expected {pin}"
+meta = metadata.metadata("specopt")
+assert meta["License"] == "MIT", meta["License"]  # pyproject.toml; the text is LICENSE
+assert "License :: OSI Approved :: MIT License" in (meta.get_all("Classifier") or []), meta.get_all("Classifier")
 assert specopt.build_info.TORCH_VERSION == torch.__version__, specopt.build_info.TORCH_VERSION
 
 torch.manual_seed(0)

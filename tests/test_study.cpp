@@ -8,6 +8,7 @@
 #include "specopt/train/trainer.h"
 
 #include <c10/util/Exception.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -565,10 +566,25 @@ TEST(StudyAnalysis, MalformedSummaryNamesTheFile) {
   EXPECT_NE(error_of([&] { specopt::read_run_result(run); }).find("final_val_loss"), std::string::npos);
 }
 
-// The paper's published numbers (CI keeps them at ../shared/reference relative to the checkout).
+// The paper's published numbers, kept in the repository (configs/reference/README.md).
+const fs::path kPaperReference = fs::path(SPECOPT_SOURCE_DIR) / "configs" / "reference" / "paper_gpt2_124m.json";
+
+// Every preset's "vs paper" section survives a fresh clone: its reference resolves to the file above.
+TEST(StudyConfig, PresetsUseTheReferenceInTheRepository) {
+  int presets = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(SPECOPT_SOURCE_DIR) / "configs" / "study")) {
+    if (entry.path().extension() != ".toml") continue;
+    ++presets;
+    const auto cfg = specopt::load_study_config(entry.path().string());
+    ASSERT_TRUE(cfg.reference_configured) << entry.path();
+    ASSERT_TRUE(fs::exists(cfg.reference)) << entry.path() << ": " << cfg.reference;
+    EXPECT_TRUE(fs::equivalent(cfg.reference, kPaperReference)) << entry.path() << ": " << cfg.reference;
+  }
+  EXPECT_GE(presets, 3);
+}
+
 TEST(StudyAnalysis, PaperReferenceSupportsAllThreeClaims) {
-  const fs::path ref = fs::path(SPECOPT_SOURCE_DIR) / ".." / "shared" / "reference" / "paper_gpt2_124m.json";
-  if (!fs::exists(ref)) GTEST_SKIP() << "no " << ref;
+  const fs::path ref = kPaperReference;
   const auto results = specopt::reference_results(ref.string());
   const auto variants = specopt::reference_variants(ref.string());
   ASSERT_EQ(variants, (std::vector<std::string>{"Adam", "AdamS", "AdamQ", "AdamZ", "mSGD", "mSGDS",
@@ -588,6 +604,53 @@ TEST(StudyAnalysis, PaperReferenceSupportsAllThreeClaims) {
 }
 
 // ------------------------------------------------------------------ report ---
+
+// The report's header names the command that made it, --set overrides included, and the base
+// train config is written with shortest round-trip floats (0.003, not 0.0030000000000000001).
+TEST(StudyReport, HeaderListsTheSetOverrides) {
+  const auto dir = scratch("header");
+  const std::vector<std::string> sets = {"train.steps=3", "optim.lr_vector=0.003"};
+  const auto cfg = specopt::load_study_config(
+      write_study_config(dir, "[study]\nvariants = [\"Adam\"]\nlrs = [0.01]").string(), sets);
+  EXPECT_EQ(cfg.set_overrides, sets);
+  EXPECT_NE(cfg.train_config_toml.find("lr_vector = 0.003\n"), std::string::npos) << cfg.train_config_toml;
+  const auto results = specopt::collect_results(cfg);
+  specopt::ReportOptions opt;
+  opt.plots = false;
+  const std::string md =
+      read_file(specopt::write_study_report(cfg, specopt::analyze_study(results, cfg.variants, 0.02), results, opt));
+  const std::string command =
+      "command `specopt study " + cfg.config_path + " --set train.steps=3 --set optim.lr_vector=0.003`";
+  EXPECT_NE(md.find(command), std::string::npos) << md.substr(0, 400);
+  const auto j = nlohmann::json::parse(read_file(fs::path(cfg.study_dir) / "analysis.json"));
+  EXPECT_EQ(j["set"], nlohmann::json(sets));
+}
+
+// Image tasks: the summary table gets the mean validation accuracy at each variant's best lr
+// (finished seeds only), runs.csv the accuracy of every run.
+TEST(StudyReport, AccuracyColumnAtTheBestLr) {
+  auto s = make_synthetic("accuracy", "[study]\nvariants = [\"Adam\", \"mSGD\"]\nseeds = [0, 1]\nlrs = [0.01, 0.1]",
+                          [](const specopt::StudyRun& r) { return r.variant == "Adam" ? 1.0 + r.lr : 2.0 - r.lr; });
+  for (const auto& run : specopt::plan_study(s.cfg)) {
+    auto j = nlohmann::json::parse(read_file(fs::path(run.dir) / "summary.json"));
+    j["final_val_accuracy"] = (run.variant == "Adam" ? 0.5 : 0.7) + 0.1 * run.seed + run.lr;
+    if (run.variant == "mSGD") j.erase("final_val_accuracy");  // e.g. written by an older trainer
+    write_file(fs::path(run.dir) / "summary.json", j.dump());
+  }
+  const auto results = specopt::collect_results(s.cfg);
+  specopt::ReportOptions opt;
+  opt.plots = false;
+  const std::string md =
+      read_file(specopt::write_study_report(s.cfg, specopt::analyze_study(results, s.cfg.variants, 0.02), results, opt));
+  EXPECT_NE(md.find("| best final val loss | val accuracy at best lr (mean) | stable lr range |"), std::string::npos)
+      << md;
+  // Adam's best lr is 0.01: seeds 0 and 1 → (0.51 + 0.61) / 2; mSGD has none.
+  EXPECT_NE(md.find(fmt::format("| {:.4f} |", (0.51 + 0.61) / 2)), std::string::npos) << md;
+  EXPECT_NE(md.find("| – |"), std::string::npos) << md;
+  const std::string runs = read_file(fs::path(s.cfg.study_dir) / "runs.csv");
+  EXPECT_NE(runs.find(",final_val_accuracy\n"), std::string::npos) << runs;
+  EXPECT_NE(runs.find(",0.61\n"), std::string::npos) << runs;
+}
 
 TEST(StudyReport, WritesTablesThatMatchTheAnalysis) {
   auto s = make_synthetic(

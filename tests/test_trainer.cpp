@@ -329,9 +329,10 @@ TEST(Trainer, RunDirectoryContents) {
   const auto r = specopt::train(c, dir, o);
   EXPECT_EQ(r.status, "finished");
   EXPECT_EQ(r.steps_done, 20);
-  // config.toml is the resolved config.
+  // config.toml is the resolved config, with the run directory actually used.
   const TrainConfig back = specopt::config_from_toml_string(slurp(dir + "/config.toml"));
-  EXPECT_TRUE(specopt::config_differences(c, back).empty());
+  EXPECT_EQ(specopt::config_differences(c, back), std::vector<std::string>{"run.run_dir"});
+  EXPECT_EQ(back.run.run_dir, dir);
   // metrics: steps 5,10,15,20 (10 and 20 with val_loss), p following the schedule.
   const auto rows = read_jsonl(dir + "/metrics.jsonl");
   ASSERT_EQ(rows.size(), 4u);

@@ -5,6 +5,7 @@
     specopt.Muon(params, lr=0.02, p=0)                         torch.optim.Muon, any p (docs/muon.md)
     specopt.make_optimizer(model, "AdamS", lr=1e-3)            one optimizer for a whole model
     specopt.set_cpu_threads(n)                                 consistent LibTorch/OpenBLAS pools
+    specopt.load_checkpoint(path)                              a C++ trainer checkpoint as Python objects
 
 Method names, variant names and every default come from the C++ tables
 (specopt.methods(), specopt.named_variants(), specopt.spectral_option_defaults(),
@@ -43,9 +44,11 @@ from ._C import (  # noqa: F401
 from .optim import SpectralAdamW, SpectralSGD  # noqa: F401
 from .muon import Muon  # noqa: F401
 from .factory import make_optimizer  # noqa: F401
+from .checkpoint import load_checkpoint  # noqa: F401
 
 __all__ = [
     "spectral_power", "methods", "spectral_option_defaults",
     "Variant", "parse_variant", "named_variants", "optimizer_spec_defaults",
     "SpectralAdamW", "SpectralSGD", "Muon", "make_optimizer", "__version__", "set_cpu_threads", "build_info",
+    "load_checkpoint",
 ]

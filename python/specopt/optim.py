@@ -31,11 +31,15 @@ ON_NONFINITE = ("raise", "skip_step")
 _ALGORITHM_KEYS = ("update", "p")
 
 
-def _check_group(group):
-    """ValueError/TypeError naming the bad option of a param group (C++ check())."""
+def _check_group(group, index):
+    """ValueError/TypeError naming the group (index, role) and its bad option (C++ check())."""
+    where = f"param_groups[{index}]" + (f" (role {group['role']!r})" if "role" in group else "")
     if group.get("update") not in _CHECK:
-        raise ValueError(f"param group 'update' must be one of {sorted(_CHECK)}, got {group.get('update')!r}")
-    _CHECK[group["update"]](group)
+        raise ValueError(f"{where}: 'update' must be one of {sorted(_CHECK)}, got {group.get('update')!r}")
+    try:
+        _CHECK[group["update"]](group)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{where}, update={group['update']!r}: {e}") from None
 
 
 # torch.optim options specopt does not implement. Their no-op values (None / False, and
@@ -84,7 +88,7 @@ class _SpectralOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         try:
             group = self.param_groups[-1]
-            _check_group(group)
+            _check_group(group, len(self.param_groups) - 1)
             if group["update"] == "muon":  # as torch.optim.Muon
                 for p in group["params"]:
                     if p.ndim != 2:
@@ -139,8 +143,8 @@ class _SpectralOptimizer(torch.optim.Optimizer):
                 self.variant = parse_variant(saved_variant)
             except ValueError:
                 self.__dict__.pop("variant", None)
-        for group in self.param_groups:
-            _check_group(group)
+        for g, group in enumerate(self.param_groups):
+            _check_group(group, g)
 
     def state_dict(self):
         """torch's state_dict, plus ``specopt_variant`` (the variant name) when there is one."""
@@ -170,8 +174,8 @@ class _SpectralOptimizer(torch.optim.Optimizer):
                 if p.grad is not None:
                     grads.append(p.grad)
                     names.append(self._param_name(g, i, group))
-        for group in self.param_groups:
-            _check_group(group)
+        for g, group in enumerate(self.param_groups):
+            _check_group(group, g)
         if not _C.grads_finite(grads, names, self.on_nonfinite):
             self.skipped_steps += 1
             return loss

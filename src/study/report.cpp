@@ -410,17 +410,18 @@ void write_runs_csv(const std::vector<RunResult>& results, const fs::path& file)
   std::ofstream f(file);
   TORCH_CHECK(f.good(), "cannot write ", file.string());
   f << "run,variant,lr,seed,status,final_val_loss,best_val_loss,steps_done,throughput,"
-       "throughput_unit,spectral_share,wall_s\n";
+       "throughput_unit,spectral_share,wall_s,final_val_accuracy\n";
   for (const auto& r : results) {
     const char* status = r.status == RunStatus::kMissing
                              ? "missing"
                              : (r.status == RunStatus::kDiverged ? "diverged" : "finished");
     const bool have = r.status != RunStatus::kMissing;
-    f << fmt::format("{},{},{},{},{},{},{},{},{},{},{},{}\n", r.run.name, r.run.variant,
+    f << fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{}\n", r.run.name, r.run.variant,
                      lr_label(r.run.lr), r.run.seed, status,
                      have ? csv_number(r.final_val_loss) : "", have ? csv_number(r.best_val_loss) : "",
                      r.steps_done, have ? csv_number(r.throughput) : "", r.throughput_unit,
-                     have ? csv_number(r.spectral_share) : "", have ? csv_number(r.wall_s) : "");
+                     have ? csv_number(r.spectral_share) : "", have ? csv_number(r.wall_s) : "",
+                     std::isfinite(r.final_val_accuracy) ? csv_number(r.final_val_accuracy) : "");
   }
 }
 
@@ -499,19 +500,47 @@ std::string cell_text(const LrCell& c) {
   return fmt::format("{} ± {}", fmt_loss(c.mean), fmt_loss(c.std));
 }
 
-void markdown_summary_table(std::ostream& md, const StudyAnalysis& a, bool with_throughput) {
-  md << "| variant | family | p | best lr | best final val loss | stable lr range | stable "
-        "points | width (decades) | diverged runs |"
+// Mean final validation accuracy (image tasks) over the finished seeds of `v` at its best lr;
+// NaN when there is none.
+double best_lr_accuracy(const VariantResult& v, const std::vector<RunResult>& results) {
+  if (v.best < 0) return std::numeric_limits<double>::quiet_NaN();
+  double sum = 0.0;
+  int n = 0;
+  for (const auto& r : results)
+    if (r.run.variant == v.variant && r.run.lr == v.cells[v.best].lr && r.status == RunStatus::kFinished &&
+        std::isfinite(r.final_val_accuracy)) {
+      sum += r.final_val_accuracy;
+      ++n;
+    }
+  return n ? sum / n : std::numeric_limits<double>::quiet_NaN();
+}
+
+// `results` (the study's runs; null for the paper's table): a column of the validation
+// accuracy at the best lr when the runs report one (image tasks).
+void markdown_summary_table(std::ostream& md, const StudyAnalysis& a, bool with_throughput,
+                            const std::vector<RunResult>* results = nullptr) {
+  bool with_accuracy = false;
+  for (const auto& v : a.variants)
+    with_accuracy = with_accuracy || (results && std::isfinite(best_lr_accuracy(v, *results)));
+  md << "| variant | family | p | best lr | best final val loss |"
+     << (with_accuracy ? " val accuracy at best lr (mean) |" : "")
+     << " stable lr range | stable points | width (decades) | diverged runs |"
      << (with_throughput ? " throughput (median) | spectral share (median) |" : "") << "\n";
-  md << "|---|---|---|---|---|---|---|---|---|" << (with_throughput ? "---|---|" : "") << "\n";
+  md << "|---|---|---|---|---|---|---|---|---|" << (with_accuracy ? "---|" : "")
+     << (with_throughput ? "---|---|" : "") << "\n";
   for (const auto& v : a.variants) {
+    std::string accuracy;
+    if (with_accuracy) {
+      const double acc = best_lr_accuracy(v, *results);
+      accuracy = std::isfinite(acc) ? fmt::format(" {:.4f} |", acc) : " – |";
+    }
     const std::string range = v.stable_points
                                   ? fmt::format("{} – {}", lr_label(v.stable_lo), lr_label(v.stable_hi))
                                   : "none";
-    md << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {:.2f} | {} |", v.variant,
+    md << fmt::format("| {} | {} | {} | {} | {} |{} {} | {} | {:.2f} | {} |", v.variant,
                       family_name(v.family), v.p,
                       v.best >= 0 ? lr_label(best_lr(v)) + (v.best_at_edge ? " (grid edge)" : "") : "–",
-                      v.best >= 0 ? cell_text(v.cells[v.best]) : "–", range, v.stable_points,
+                      v.best >= 0 ? cell_text(v.cells[v.best]) : "–", accuracy, range, v.stable_points,
                       v.stable_decades, v.diverged_runs);
     if (with_throughput)
       md << fmt::format(" {} | {} |",
@@ -609,6 +638,7 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
   nlohmann::json j = analysis_json(a);
   j["study"] = config.name;
   j["config"] = config.config_path;
+  j["set"] = config.set_overrides;
   if (have_ref) {
     j["reference"] = analysis_json(ref);
     j["reference"]["path"] = config.reference;
@@ -628,9 +658,11 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
 
   std::ostringstream md;
   md << "# Study `" << config.name << "`\n\n";
-  md << fmt::format("Config `{}`; command `specopt study {}`. {} runs: {} finished, {} diverged, "
+  std::string command = "specopt study " + config.config_path;
+  for (const auto& s : config.set_overrides) command += " --set " + s;
+  md << fmt::format("Config `{}`; command `{}`. {} runs: {} finished, {} diverged, "
                     "{} missing. Summed run time {:.0f} s.\n\n",
-                    config.config_path, config.config_path, a.runs_total, a.runs_finished,
+                    config.config_path, command, a.runs_total, a.runs_finished,
                     a.runs_diverged, a.runs_missing, wall);
   md << "Final validation loss per variant and matrix learning rate (`optim.lr_matrix`), mean ± "
         "sample std over seeds; diverged runs count as inf. Stable = no diverged seed and mean "
@@ -638,7 +670,7 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
                     "the contiguous run of stable grid points around the variant's best lr.\n\n",
                     a.tolerance, fmt_loss(a.reference_level));
   md << "## Summary per variant\n\n";
-  markdown_summary_table(md, a, true);
+  markdown_summary_table(md, a, true, &results);
   md << "\n## Findings\n\n";
   markdown_claims(md, a);
   md << "\n## Plots\n\n";

@@ -146,6 +146,7 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
 
   StudyConfig cfg;
   cfg.config_path = path;
+  cfg.set_overrides = overrides;
   const toml::table* study = root["study"].as_table();
   TORCH_CHECK(study != nullptr, "study config '", path, "' has no [study] table");
 
@@ -280,9 +281,10 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
   base.erase("study");
   std::ostringstream os;
   os << base << "\n";
-  cfg.train_config_toml = os.str();
   try {
-    const TrainConfig base_config = config_from_toml_string(cfg.train_config_toml, path);
+    const TrainConfig base_config = config_from_toml_string(os.str(), path);
+    // Resolved (every key) and written by config_to_toml: shortest-form floats.
+    cfg.train_config_toml = config_to_toml(base_config);
     for (const auto& [variant, sets] : cfg.overrides) {
       TrainConfig c = base_config;
       for (const auto& s : sets) apply_override(c, s);
@@ -351,8 +353,8 @@ std::vector<std::string> train_arguments(const StudyConfig& config, const StudyR
   std::vector<std::string> args = {
       "train", base,
       "--set", "optim.variant=\"" + run.variant + "\"",
-      // %.17g: the exact double, so the trainer sees the grid value bit for bit.
-      "--set", fmt::format("optim.lr_matrix={:.17g}", run.lr),
+      // The shortest round-trip form: the trainer sees the grid value bit for bit.
+      "--set", "optim.lr_matrix=" + toml_float(run.lr),
       "--set", fmt::format("run.seed={}", run.seed),
       "--threads", std::to_string(threads),
       "--run-dir", run.dir, "--quiet"};
@@ -639,6 +641,8 @@ RunResult read_run_result(const StudyRun& run) {
   }
   r.spectral_share = num("spectral_share");
   r.wall_s = num("wall_s");
+  if (j.contains("final_val_accuracy") && j["final_val_accuracy"].is_number())
+    r.final_val_accuracy = j["final_val_accuracy"].get<double>();
   return r;
 }
 

@@ -98,6 +98,12 @@ void visit_fields(Config& c, Visitor&& v) {
 }
 
 std::string describe(const toml::node& node) {
+  if (const auto* f = node.as_floating_point()) return toml_float(f->get());
+  if (const auto* arr = node.as_array()) {  // element by element, for the floats in it
+    std::string out = "[";
+    for (size_t i = 0; i < arr->size(); ++i) out += (i ? ", " : "") + describe(*arr->get(i));
+    return out + "]";
+  }
   std::ostringstream os;
   node.visit([&](const auto& x) { os << x; });
   return os.str();
@@ -297,6 +303,14 @@ TrainConfig load_config(const std::string& path, const std::vector<std::string>&
   for (const auto& o : overrides) apply_override(config, o);
   config.validate();
   return config;
+}
+
+std::string toml_float(double value) {
+  // fmt's "{}" is the shortest round-trip form (Ryu-like); TOML needs a '.' or an
+  // exponent to read it as a float, and spells the non-finite values inf / nan.
+  std::string text = fmt::format("{}", value);
+  if (text.find_first_of(".en") == std::string::npos) text += ".0";
+  return text;
 }
 
 std::string config_to_toml(const TrainConfig& config) {

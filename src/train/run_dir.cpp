@@ -62,6 +62,7 @@ void write_summary(const std::string& path, const RunSummary& r, const nlohmann:
       {"spectral_share", r.spectral_share},
       {"wall_s", r.wall_s},
   };
+  if (std::isfinite(r.final_val_accuracy)) summary["final_val_accuracy"] = r.final_val_accuracy;
   summary.update(context);
   write_file_atomic(path, summary.dump(2) + "\n");
 }
@@ -83,6 +84,8 @@ RunSummary read_summary(const std::string& path) {
   r.throughput = s.value("throughput", 0.0);
   r.spectral_share = s.value("spectral_share", 0.0);
   r.wall_s = s.value("wall_s", 0.0);
+  r.final_val_accuracy =
+      json_to_double(s.value("final_val_accuracy", nlohmann::json()), std::numeric_limits<double>::quiet_NaN());
   return r;
 }
 

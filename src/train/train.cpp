@@ -149,7 +149,9 @@ class Run {
         fs::remove(p, ec);
     }
     if (main_) {
-      write_file_atomic(paths_.config, config_to_toml(c_));
+      TrainConfig recorded = c_;
+      recorded.run.run_dir = paths_.dir;  // where the run really is (--run-dir wins over the config)
+      write_file_atomic(paths_.config, config_to_toml(recorded));
       metrics_ = std::make_unique<MetricsFile>(paths_.metrics);
     }
     wall_before_ = trainer_.totals().wall_s;
@@ -183,9 +185,13 @@ class Run {
       log_row = true;
     } else if (s.step % c_.train.eval_every == 0 || s.step == c_.train.steps) {
       row["val_loss"] = json_number(validate(s.step));
+      if (!std::isnan(trainer_.val_accuracy())) row["val_accuracy"] = trainer_.val_accuracy();
       log_row = true;
     }
-    if (main_ && log_row) append(row.dump(), s.step);
+    if (main_ && log_row) {
+      row["wall_s"] = wall_before_ + seconds_since(run_start_);
+      append(row.dump(), s.step);
+    }
     trainer_.totals().wall_s = wall_before_ + seconds_since(run_start_);
     if (diverged_) {
       progress_.message(fmt::format("step {}/{}: {} — run diverged", s.step, c_.train.steps, diverged_reason_));
@@ -303,6 +309,7 @@ TrainResult Run::result() const {
   r.final_val_loss = diverged_ ? kInf : totals.last_val_loss;
   r.throughput = totals.train_s > 0 ? static_cast<double>(totals.items) / totals.train_s : 0.0;
   r.spectral_share = totals.train_s > 0 ? totals.transform_s / totals.train_s : 0.0;
+  if (!diverged_) r.final_val_accuracy = trainer_.val_accuracy();
   return r;
 }
 

@@ -60,9 +60,18 @@ ImageDataset take_prefix(const ImageDataset& d, int64_t limit) {
 
 // The model of `model` and its loss (GPT::loss; cross-entropy of the logits
 // for the image models); vocab_size is the data's (gpt).
-std::pair<std::shared_ptr<torch::nn::Module>, LossFn> build_model(const ModelConfig& model, int64_t vocab_size) {
+// The model of the config, its loss and, for the image classifiers, its logits
+// (the accuracy needs them; loss_fn is their cross-entropy). logits_fn is unset for the gpt.
+struct BuiltModel {
   std::shared_ptr<torch::nn::Module> module;
   LossFn loss_fn;
+  std::function<at::Tensor(const at::Tensor&)> logits_fn;
+};
+
+BuiltModel build_model(const ModelConfig& model, int64_t vocab_size) {
+  std::shared_ptr<torch::nn::Module> module;
+  LossFn loss_fn;
+  std::function<at::Tensor(const at::Tensor&)> logits_fn;
   if (model.kind == "gpt") {
     GPTConfig g;
     g.vocab_size = vocab_size;
@@ -92,11 +101,12 @@ std::pair<std::shared_ptr<torch::nn::Module>, LossFn> build_model(const ModelCon
       module = cnn.ptr();
       forward = [cnn](const at::Tensor& x) mutable { return cnn->forward(x); };
     }
+    logits_fn = forward;
     loss_fn = [forward](const at::Tensor& x, const at::Tensor& y) {
       return torch::nn::functional::cross_entropy(forward(x), y);
     };
   }
-  return {module, loss_fn};
+  return {module, loss_fn, logits_fn};
 }
 
 // The make_optimizer() spec of the config's [optim] table.
@@ -184,7 +194,10 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
 
   // Model: initialised from the global generator, seeded here.
   torch::manual_seed(static_cast<uint64_t>(c.run.seed));
-  std::tie(m.module, m.loss_fn) = build_model(c.model, vocab_size);
+  BuiltModel built = build_model(c.model, vocab_size);
+  m.module = built.module;
+  m.loss_fn = built.loss_fn;
+  m.logits_fn = built.logits_fn;
   m.module->to(m.device);
   m.params = m.module->parameters();
 
@@ -200,6 +213,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
 Trainer::~Trainer() = default;
 
 int64_t Trainer::steps_done() const { return impl_->step; }
+double Trainer::val_accuracy() const { return impl_->last_val_accuracy; }
 const TrainConfig& Trainer::config() const { return impl_->config; }
 torch::nn::Module& Trainer::model() { return *impl_->module; }
 SpectralOptimizer& Trainer::optimizer() { return *impl_->optimizer; }
@@ -371,19 +385,28 @@ double Trainer::evaluate() {
   const int64_t micro = c.train.batch_size / c.train.grad_accum;
   int64_t n = m.validation_batches();
   if (c.train.eval_batches > 0) n = std::min(n, c.train.eval_batches);
-  // Batches are dealt round-robin to the ranks; (loss sum, example count) is summed.
-  at::Tensor sums = torch::zeros({2}, torch::kFloat64);
+  // Batches are dealt round-robin to the ranks; (loss sum, example count, correct
+  // predictions) is summed.
+  at::Tensor sums = torch::zeros({3}, torch::kFloat64);
   for (int64_t i = m.hooks.rank; i < n; i += m.hooks.world_size) {
     auto batch = m.token_sampler ? m.token_val.sequential_batch(i, micro, c.model.block_size)
                                  : m.image_val.batch(i, micro);
     const int64_t count = batch.first.size(0);
-    const double loss =
-        m.loss_fn(batch.first.to(m.device), batch.second.to(m.device)).item<double>();
+    const at::Tensor x = batch.first.to(m.device), y = batch.second.to(m.device);
+    double loss = 0.0;
+    if (m.logits_fn) {  // the same loss as loss_fn, from the logits the accuracy also needs
+      const at::Tensor logits = m.logits_fn(x);
+      loss = torch::nn::functional::cross_entropy(logits, y).item<double>();
+      sums[2] += logits.argmax(1).eq(y).sum().item<double>();
+    } else {
+      loss = m.loss_fn(x, y).item<double>();
+    }
     sums[0] += loss * static_cast<double>(count);
     sums[1] += static_cast<double>(count);
   }
   m.all_reduce(sums);
   m.module->train();
+  if (m.logits_fn) m.last_val_accuracy = sums[2].item<double>() / sums[1].item<double>();
   return sums[0].item<double>() / sums[1].item<double>();
 }
 

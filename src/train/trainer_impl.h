@@ -11,6 +11,7 @@
 
 #include <functional>
 #include <limits>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -36,6 +37,9 @@ struct Trainer::Impl {
 
   std::shared_ptr<torch::nn::Module> module;
   detail::LossFn loss_fn;
+  // Image classifiers: the logits (loss_fn is their cross-entropy); unset for the gpt.
+  std::function<at::Tensor(const at::Tensor&)> logits_fn;
+  double last_val_accuracy = std::numeric_limits<double>::quiet_NaN();  // of the last evaluate()
   std::vector<at::Tensor> params;
 
   // Exactly one of the two data kinds is set.

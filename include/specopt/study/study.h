@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <iosfwd>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -45,7 +46,7 @@ namespace specopt {
 //   workers = 1                        # parallel runs; each gets threads / workers threads
 //   threads = 0                        # total threads of the study (0 = all cores)
 //   study_dir = "runs/study/fmnist-quick"   # relative to the working directory
-//   reference = "../shared/reference/paper_gpt2_124m.json"  # relative to the config file
+//   reference = "../reference/paper_gpt2_124m.json"  # relative to the config file
 //   stable_tolerance = 0.02            # see analyze_study()
 //   reference_tolerance = 0.02         # the same, for the paper's numbers (loss level ~2.9)
 //   [study.overrides]                  # extra per-variant train overrides (--set key=value)
@@ -66,6 +67,7 @@ struct StudyConfig {
   double stable_tolerance = 0.02;
   double reference_tolerance = 0.02;
   std::string config_path;                             // the file it was loaded from
+  std::vector<std::string> set_overrides;              // load_study_config's `overrides` (--set)
   std::string train_config_toml;                       // base train config, serialized TOML
 };
 
@@ -167,6 +169,7 @@ struct RunResult {
   std::string throughput_unit;   // "tokens/s" or "samples/s"
   double spectral_share = 0.0;   // fraction of step time in the spectral transform
   double wall_s = 0.0;
+  double final_val_accuracy = std::numeric_limits<double>::quiet_NaN();  // image tasks; else NaN
 };
 
 // Reads RUN_DIR/summary.json (missing file → kMissing; malformed → c10::Error naming the file).

@@ -123,8 +123,14 @@ TrainConfig load_config(const std::string& path, const std::vector<std::string>&
 // Parse a complete TOML document on top of the defaults and validate it.
 TrainConfig config_from_toml_string(const std::string& text, const std::string& origin = "<string>");
 
-// The resolved config as a TOML document (every key, grouped by table).
+// The resolved config as a TOML document (every key, grouped by table); floats
+// in the shortest form that reads back as the same double (toml_float).
 std::string config_to_toml(const TrainConfig& config);
+
+// `value` as a TOML float in the shortest text that parses back to exactly this
+// double ("0.003", "1e-05", "2.0", "inf"), where toml++ 3.3 prints 17 significant
+// digits ("0.0030000000000000001").
+std::string toml_float(double value);
 
 // All keys ("table.key") in declaration order.
 std::vector<std::string> config_keys();

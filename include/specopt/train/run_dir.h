@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,9 @@ struct RunSummary {
   // (RunTotals::transform_s / RunTotals::train_s).
   double spectral_share = 0.0;
   double wall_s = 0.0;
+  // Image data: the last validation's accuracy (Trainer::val_accuracy); NaN for token
+  // data and when diverged (then not in the file).
+  double final_val_accuracy = std::numeric_limits<double>::quiet_NaN();
 };
 
 // summary.json: `r` (its throughput also under the key "<unit>_per_s") and

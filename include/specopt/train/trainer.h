@@ -136,6 +136,9 @@ class Trainer {
   // Mean validation loss over the fixed validation batches (model in eval
   // mode meanwhile; no gradients; no random numbers drawn).
   double evaluate();
+  // Classification accuracy (fraction of validation examples whose argmax logit is the
+  // label) of the last evaluate() on image data; NaN for token data and before it.
+  double val_accuracy() const;
 
   int64_t steps_done() const;
   const TrainConfig& config() const;
