@@ -1,6 +1,7 @@
 // `specopt study CONFIG`: the controlled study (variants × lr grid × seeds) and its report.
 #include "commands.h"
 
+#include "specopt/report.h"
 #include "specopt/study.h"
 #include "specopt/trainer.h"  // kExitInterrupted
 

@@ -46,7 +46,7 @@ namespace {
 
 const std::vector<std::string>& study_keys() {
   static const std::vector<std::string> keys = {
-      "name", "variants", "lrs", "seeds", "workers", "threads",
+      "name", "variants", "families", "ps", "lrs", "seeds", "workers", "threads",
       "study_dir", "reference", "stable_tolerance", "reference_tolerance", "overrides"};
   return keys;
 }
@@ -159,24 +159,60 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
   if (const auto* n = study->get("name")) cfg.name = read_string(*n, "study.name", path);
   TORCH_CHECK(!cfg.name.empty(), "study.name in ", path, " is empty");
 
-  // Variants.
-  const toml::node* variants = study->get("variants");
-  TORCH_CHECK(variants != nullptr, "study config '", path, "' lacks study.variants");
-  const toml::array* varr = variants->as_array();
-  TORCH_CHECK(varr != nullptr, "study.variants in ", path, " must be an array of variant names");
-  TORCH_CHECK(!varr->empty(), "study.variants in ", path, " is empty: name at least one variant");
-  for (const auto& item : *varr) {
-    const auto s = item.value<std::string>();
-    TORCH_CHECK(s.has_value(), "study.variants in ", path, ": every entry must be a string");
+  // Variants: named, or the p axis (families × ps, each pair a variant "adam:p=0.125").
+  auto add_variant = [&](const std::string& text, const std::string& key) {
     Variant v;
     try {
-      v = parse_variant(*s);
+      v = parse_variant(text);
     } catch (const c10::Error& e) {
-      TORCH_CHECK(false, "study.variants in ", path, ": ", e.what_without_backtrace());
+      TORCH_CHECK(false, key, " in ", path, ": ", e.what_without_backtrace());
     }
     TORCH_CHECK(std::find(cfg.variants.begin(), cfg.variants.end(), v.name) == cfg.variants.end(),
-                "study.variants in ", path, " lists '", v.name, "' twice");
+                key, " in ", path, " lists '", v.name, "' twice");
     cfg.variants.push_back(v.name);
+  };
+  const toml::node* variants = study->get("variants");
+  const toml::node* ps = study->get("ps");
+  TORCH_CHECK(variants != nullptr || ps != nullptr, "study config '", path,
+              "' lacks study.variants (or the p axis study.ps with study.families)");
+  TORCH_CHECK(!(variants && ps), "study config '", path,
+              "': give study.variants or study.ps (with study.families), not both");
+  TORCH_CHECK(ps || !study->get("families"), "study.families in ", path,
+              " needs study.ps (the p values of each family)");
+  if (variants) {
+    const toml::array* varr = variants->as_array();
+    TORCH_CHECK(varr != nullptr, "study.variants in ", path, " must be an array of variant names");
+    TORCH_CHECK(!varr->empty(), "study.variants in ", path, " is empty: name at least one variant");
+    for (const auto& item : *varr) {
+      const auto s = item.value<std::string>();
+      TORCH_CHECK(s.has_value(), "study.variants in ", path, ": every entry must be a string");
+      add_variant(*s, "study.variants");
+    }
+  } else {
+    std::vector<Family> families = {Family::kAdam, Family::kSGD};
+    if (const auto* f = study->get("families")) {
+      const toml::array* arr = f->as_array();
+      TORCH_CHECK(arr && !arr->empty(), "study.families in ", path,
+                  " must be a non-empty array of \"Adam\" / \"mSGD\"");
+      families.clear();
+      for (const auto& item : *arr) {
+        const auto s = item.value<std::string>();
+        TORCH_CHECK(s.has_value(), "study.families in ", path, ": every entry must be a string");
+        // A family is its p = 1 variant's name (Adam, mSGD).
+        const Variant v = parse_variant(*s);
+        TORCH_CHECK(v.p == 1.0, "study.families in ", path, ": '", *s,
+                    "' is not a family (\"Adam\" or \"mSGD\")");
+        families.push_back(v.family);
+      }
+    }
+    const toml::array* arr = ps->as_array();
+    TORCH_CHECK(arr && !arr->empty(), "study.ps in ", path, " must be a non-empty array of p values");
+    for (Family fam : families)
+      for (const auto& item : *arr) {
+        const auto p = item.value<double>();
+        TORCH_CHECK(p.has_value(), "study.ps in ", path, ": every entry must be a number");
+        add_variant(variant_name(fam, *p), "study.ps");
+      }
   }
 
   // Learning-rate grids: an array for all variants, or a table of per-variant arrays with an
@@ -185,6 +221,7 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
   TORCH_CHECK(lrs != nullptr, "study config '", path, "' lacks study.lrs");
   std::vector<double> default_grid;
   std::map<std::string, std::vector<double>> named;
+  std::map<Family, std::vector<double>> by_family;  // [study.lrs.family]: Adam = [...], mSGD = [...]
   if (lrs->is_array()) {
     default_grid = read_lr_grid(*lrs, "study.lrs", path);
   } else if (const toml::table* t = lrs->as_table()) {
@@ -193,6 +230,19 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
       const std::string full = "study.lrs." + key;
       if (key == "default") {
         default_grid = read_lr_grid(v, full, path);
+        continue;
+      }
+      if (key == "family") {
+        const toml::table* ft = v.as_table();
+        TORCH_CHECK(ft != nullptr, full, " in ", path,
+                    " must be a table of per-family grids ([study.lrs.family] Adam = [...])");
+        for (const auto& [fk, fv] : *ft) {
+          const std::string fname(fk.str());
+          const Variant fam = parse_variant(fname);
+          TORCH_CHECK(fam.p == 1.0, full, ".", fname, " in ", path,
+                      ": not a family (\"Adam\" or \"mSGD\")");
+          by_family[fam.family] = read_lr_grid(fv, full + "." + fname, path);
+        }
         continue;
       }
       Variant var;
@@ -211,8 +261,11 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
   }
   for (const auto& v : cfg.variants) {
     auto it = named.find(v);
+    const auto fam = by_family.find(parse_variant(v).family);
     if (it != named.end()) {
       cfg.lrs[v] = it->second;
+    } else if (fam != by_family.end()) {
+      cfg.lrs[v] = fam->second;
     } else {
       TORCH_CHECK(!default_grid.empty(), "study config '", path, "': no learning-rate grid for '", v,
                   "' (add study.lrs.", v, " or study.lrs.default)");

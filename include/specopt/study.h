@@ -1,6 +1,8 @@
 // The controlled study: variants × learning-rate grid × seeds, each run a
 // `specopt train` subprocess, followed by a report (tables, claim verdicts,
 // plots) in the spirit of "Delving into Muon and Beyond" (arXiv 2602.04669).
+// This header: the study config, the plan, the runner and the run results; the analysis is
+// specopt/analysis.h, the verdicts specopt/verdict.h, the report specopt/report.h.
 //
 //   StudyConfig cfg = load_study_config("configs/study/fmnist-quick.toml");
 //   StudyOutcome out = run_study(cfg);                 // resumable, parallel
@@ -175,100 +177,5 @@ struct RunResult {
 // status "diverged" or a non-finite final loss → kDiverged with final_val_loss = +inf.
 RunResult read_run_result(const StudyRun& run);
 std::vector<RunResult> collect_results(const StudyConfig& config);
-
-// ------------------------------------------------------------- analysis ---
-//
-// Definitions (also in docs/study.md):
-//  * cell (variant, lr): over its seeds with a summary, mean and sample standard deviation
-//    (n - 1 denominator; 0 for one seed) of the final validation loss. If any seed diverged the
-//    cell's mean is +inf (std NaN) and the cell is marked diverged.
-//  * best lr of a variant: the lr of its smallest finite cell mean.
-//  * reference level L*: the smallest best mean over all variants of the study.
-//  * stable cell: no seed diverged and mean ≤ (1 + tolerance) · L*.
-//  * stable range of a variant: the contiguous run of stable grid points around its best lr
-//    (empty when the best cell itself is not stable). Its width is reported as the number of
-//    grid points and as log10(lr_max / lr_min) in decades (0 for one point). Widths are lower
-//    bounds: a range that touches the end of the grid may extend further.
-
-struct LrCell {
-  double lr = 0.0;
-  std::map<int64_t, double> losses;   // seed → final val loss (+inf = diverged)
-  int64_t n_missing = 0;
-  int64_t n_diverged = 0;
-  double mean = 0.0;                  // +inf if any seed diverged; NaN if no seed has a result
-  double std = 0.0;
-  bool stable = false;
-};
-
-struct VariantResult {
-  std::string variant;
-  Family family = Family::kAdam;
-  double p = 1.0;
-  std::vector<LrCell> cells;          // ascending lr
-  int64_t best = -1;                  // index into cells (-1: no finite cell)
-  bool best_at_edge = false;          // best lr is the smallest or largest of ≥ 2 grid points:
-                                      // the optimum may lie outside the grid
-  int64_t stable_points = 0;
-  double stable_lo = 0.0, stable_hi = 0.0;   // lr range of the stable run (valid if points > 0)
-  double stable_decades = 0.0;        // log10(stable_hi / stable_lo)
-  int64_t diverged_runs = 0;
-  double throughput = 0.0;            // median over finished runs (0 = unknown)
-  std::string throughput_unit;
-  double spectral_share = 0.0;        // median over finished runs
-};
-
-enum class Verdict { kHolds, kPartly, kFails, kNotTested };
-std::string verdict_name(Verdict v);  // "holds", "partly holds", "does not hold", "not tested"
-
-struct ClaimVerdict {
-  int number = 0;                 // 1, 2, 3 (the study's claims, in the reference's order)
-  std::string claim;
-  Verdict verdict = Verdict::kNotTested;
-  std::string evidence;           // the numbers behind the verdict, one sentence or more
-};
-
-struct StudyAnalysis {
-  std::vector<VariantResult> variants;   // in the given variant order
-  double reference_level = 0.0;          // L* (NaN if no finite cell)
-  double tolerance = 0.0;
-  std::vector<ClaimVerdict> claims;
-  int64_t runs_total = 0, runs_finished = 0, runs_diverged = 0, runs_missing = 0;
-};
-
-// Aggregates run results (any order) per variant and lr, then evaluates the three claims:
-//  (1) RMS-normalised updates (Adam family) are more stable across learning rates than
-//      first-moment updates (mSGD family): compares the family means of the stable widths
-//      (decades, then points) and the families' diverged-run counts. Holds if one criterion
-//      favours the Adam family and none the mSGD family; does not hold if the reverse (or neither
-//      favours Adam); partly otherwise.
-//  (2) p < 1 stabilises momentum SGD: each mSGD variant with p < 1 against mSGD (p = 1): it
-//      stabilises if its stable range is wider (decades, then points), or equally wide with fewer
-//      diverged runs. Holds if all do, partly if some, does not hold if none.
-//  (3) p = 0 is not consistently better than Adam: each p = 0 variant at its best lr against Adam
-//      at Adam's best lr, paired by seed; "consistently better" = lower final loss in every
-//      common seed. Holds if no p = 0 variant is consistently better, else does not hold.
-StudyAnalysis analyze_study(const std::vector<RunResult>& results,
-                            const std::vector<std::string>& variant_order, double tolerance);
-
-// The paper's published final validation losses (reference JSON, one seed, null = diverged)
-// as run results, so the same analysis applies. Unknown/malformed file → c10::Error naming it.
-std::vector<RunResult> reference_results(const std::string& path);
-std::vector<std::string> reference_variants(const std::string& path);
-
-// ---------------------------------------------------------------- report ---
-
-struct ReportOptions {
-  std::string python = "/usr/bin/python3";   // env SPECOPT_PYTHON overrides
-  std::string plot_script;                   // "" = search (env SPECOPT_PLOT_SCRIPT, next to the
-                                             // executable's ../scripts, ./scripts)
-  bool plots = true;
-};
-
-// Writes STUDY_DIR/{results.csv, runs.csv, curves.csv, analysis.json, report.md} and, through
-// scripts/plot_study.py, lr_sweep.png, curves.png (and lr_sweep_reference.png with a reference).
-// Returns the path of report.md.
-std::string write_study_report(const StudyConfig& config, const StudyAnalysis& analysis,
-                               const std::vector<RunResult>& results,
-                               const ReportOptions& options = {});
 
 }  // namespace specopt
