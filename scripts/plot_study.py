@@ -127,8 +127,10 @@ def lr_sweep(results_path, runs_path, title, out_path):
         ax.grid(True, which="both", alpha=0.3)
         if names:
             ax.legend(fontsize=8)
-    fig.suptitle(title + "\nmean over seeds, bars: min-max over seeds; x on top: a seed diverged "
-                 "(its cell is unstable); *: best lr", fontsize=10)
+    how = ("one seed; x on top: diverged; *: best lr" if runs_path is None else
+           "mean over seeds, bars: min-max over seeds; x on top: a seed diverged "
+           "(its cell is unstable); *: best lr")
+    fig.suptitle(title + "\n" + how, fontsize=10)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

@@ -246,12 +246,14 @@ void markdown_claims(std::ostream& md, const StudyAnalysis& a) {
                       verdict_name(c.verdict), c.statistic, c.evidence);
 }
 
-void markdown_width_table(std::ostream& md, const StudyAnalysis& a) {
+// Per variant: best lr and loss with its interval, the widths at each tolerance, bracketing,
+// and the paper's best lr / loss / width beside them (when the reference has the variant).
+void markdown_width_table(std::ostream& md, const StudyAnalysis& a, const StudyAnalysis* ref) {
   md << "| variant | best lr | final val loss at the best lr (mean [95 % interval]) |";
   for (const auto& tv : a.verdicts) md << " width at " << fmt_tol(tv.tolerance) << " |";
-  md << " bracketed |\n|---|---|---|";
+  md << " bracketed |" << (ref ? " the paper: best lr, loss, width |" : "") << "\n|---|---|---|";
   for (size_t i = 0; i < a.verdicts.size(); ++i) md << "---|";
-  md << "---|\n";
+  md << "---|" << (ref ? "---|" : "") << "\n";
   for (size_t k = 0; k < a.variants.size(); ++k) {
     const auto& w0 = a.verdicts.front().widths[k];
     const auto& v = a.variants[k];
@@ -263,7 +265,19 @@ void markdown_width_table(std::ostream& md, const StudyAnalysis& a) {
       const auto& w = tv.widths[k];
       md << fmt::format(" {:.2f} [{:.2f}, {:.2f}] |", w.width.estimate, w.width.lo, w.width.hi);
     }
-    md << " " << (w0.bracketed ? "yes" : "no: " + w0.bracket_note) << " |\n";
+    md << " " << (w0.bracketed ? "yes" : "no: " + w0.bracket_note) << " |";
+    if (ref) {
+      std::string paper = "–";
+      for (size_t r = 0; r < ref->variants.size(); ++r) {
+        const auto& rv = ref->variants[r];
+        if (rv.variant != v.variant || rv.best < 0) continue;
+        paper = fmt::format("{}, {}, {:.2f}", lr_label(rv.cells[rv.best].lr),
+                            fmt_loss(rv.cells[rv.best].mean),
+                            ref->verdicts.front().widths[r].width.estimate);
+      }
+      md << " " << paper << " |";
+    }
+    md << "\n";
   }
 }
 
@@ -413,7 +427,7 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
                     "width is the contiguous run of stable grid points around that seed's best lr "
                     "of the variant, each point counting for the log-lr interval halfway to its "
                     "neighbours.\n\n");
-  markdown_width_table(md, a);
+  markdown_width_table(md, a, have_ref ? &ref : nullptr);
   md << "\n## Plots\n\n";
   if (plot_note.empty()) {
     md << "Final validation loss against the matrix learning rate (mean over seeds, error bars: "
