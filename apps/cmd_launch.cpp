@@ -2,7 +2,7 @@
 // a specopt subcommand on this machine (see docs/distributed.md).
 #include "commands.h"
 
-#include "specopt/distributed.h"
+#include "specopt/dist/distributed.h"
 
 #include <cstdlib>
 #include <memory>

@@ -1,9 +1,9 @@
 // `specopt study CONFIG`: the controlled study (variants × lr grid × seeds) and its report.
 #include "commands.h"
 
-#include "specopt/report.h"
-#include "specopt/study.h"
-#include "specopt/trainer.h"  // kExitInterrupted
+#include "specopt/study/report.h"
+#include "specopt/study/study.h"
+#include "specopt/train/trainer.h"  // kExitInterrupted
 
 #include <fmt/format.h>
 #include <unistd.h>

@@ -9,9 +9,9 @@
 // second signal exits at once, by that signal (130 / 143 in a shell).
 #include "commands.h"
 
-#include "specopt/config.h"
-#include "specopt/distributed.h"
-#include "specopt/trainer.h"
+#include "specopt/train/config.h"
+#include "specopt/dist/distributed.h"
+#include "specopt/train/trainer.h"
 
 #include <fmt/format.h>
 

@@ -4,7 +4,7 @@
 // default 256) is written once to the temp directory; timings are with the
 // file in the page cache.
 //   build/bench_data --benchmark_format=json
-#include "specopt/data.h"
+#include "specopt/train/data.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>

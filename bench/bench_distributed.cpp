@@ -10,9 +10,9 @@
 //   bench_distributed [--steps 30] [--warmup 5] [--variant AdamZ] [--out FILE]
 //                     [--set key=value]...
 // Prints one JSON document (also written to --out).
-#include "specopt/config.h"
-#include "specopt/distributed.h"
-#include "specopt/trainer.h"
+#include "specopt/train/config.h"
+#include "specopt/dist/distributed.h"
+#include "specopt/train/trainer.h"
 
 #include <CLI/CLI.hpp>
 #include <ATen/Parallel.h>

@@ -9,9 +9,9 @@
 // cores; "gpt2" times one step per variant after a warm-up step, ~15 minutes
 // on a busy 2-core machine, see docs/optimizers.md).
 // One iteration = one optimizer step over all parameters with fixed gradients.
-#include "specopt/make_optimizer.h"
-#include "specopt/spectral.h"
-#include "specopt/variants.h"
+#include "specopt/core/make_optimizer.h"
+#include "specopt/core/spectral.h"
+#include "specopt/core/variants.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

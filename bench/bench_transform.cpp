@@ -17,8 +17,8 @@
 //
 //   build/bench_transform --quick --out runs/bench_transform.json
 //   build/bench_transform --device cuda --out $OUT/bench_transform_cuda.json
-#include "specopt/spectral.h"
-#include "specopt/threads.h"
+#include "specopt/core/spectral.h"
+#include "specopt/core/threads.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

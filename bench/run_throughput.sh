@@ -83,7 +83,7 @@ done
 # The PyTorch loop twice: as a user would run it (torch.set_num_threads(THREADS), OpenBLAS at
 # THREADS), and with the thread pools the C++ run used (its summary's cpu_threads: with
 # Debian's pthreads OpenBLAS, set_cpu_threads gives LibTorch's OpenMP pool 1 thread, see
-# include/specopt/threads.h). The headline speedup is against the matched run.
+# include/specopt/core/threads.h). The headline speedup is against the matched run.
 INTRA=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["cpu_threads"]["intra_op"])' \
   "$WORK/run_Adam/summary.json")
 OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS "$PY" bench/train_throughput.py \

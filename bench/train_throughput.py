@@ -6,7 +6,7 @@ Usage:
   /usr/bin/python3 bench/train_throughput.py --n-layer 4 --n-head 4 --n-embd 128 --block-size 256 \
       --batch-size 16 --threads 2
 
-The model mirrors include/specopt/models.h (nanoGPT, bias=False): token + position embeddings,
+The model mirrors include/specopt/train/models.h (nanoGPT, bias=False): token + position embeddings,
 pre-LayerNorm blocks (weight-only LayerNorm, eps 1e-5) with packed-QKV causal attention written
 out as softmax(q kᵀ/√h + causal mask) v (as the C++ model: LibTorch 1.13 has no fused attention)
 and a 4d GELU (erf) MLP, final LayerNorm, LM head tied to the token embedding, nanoGPT init.

@@ -1,7 +1,7 @@
 // Data tests (IDX/Fashion-MNIST, .bin, text, KJV, deterministic samplers)
 // and the image classifiers (MLP, CNN).
-#include "specopt/data.h"
-#include "specopt/models.h"
+#include "specopt/train/data.h"
+#include "specopt/train/models.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>

@@ -1,7 +1,7 @@
 // GPT model tests: names and shapes, causality, parameter count, the
 // initialisation, weight tying, loss at initialisation, QK-norm, dropout, and
 // the forward pass against an independent float64 re-implementation.
-#include "specopt/models.h"
+#include "specopt/train/models.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

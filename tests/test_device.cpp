@@ -5,12 +5,12 @@
 // The device is SPECOPT_TEST_DEVICE (default "cuda"). Without a CUDA device
 // every test here is skipped with that reason; gpu-check.sh's CPU dry run sets
 // SPECOPT_TEST_DEVICE=cpu so the same code runs against the CPU path.
-#include "specopt/config.h"
-#include "specopt/make_optimizer.h"
-#include "specopt/spectral.h"
-#include "specopt/spectral_adamw.h"
-#include "specopt/spectral_sgd.h"
-#include "specopt/trainer.h"
+#include "specopt/train/config.h"
+#include "specopt/core/make_optimizer.h"
+#include "specopt/core/spectral.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/core/spectral_sgd.h"
+#include "specopt/train/trainer.h"
 
 #include <gtest/gtest.h>
 #include <torch/cuda.h>

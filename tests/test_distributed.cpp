@@ -2,8 +2,8 @@
 // of the test (OMP_NUM_THREADS=1, so the parent has no thread pool to
 // inherit). Children report through files in a temporary directory; the
 // parent compares them with a single-process reference it computes itself.
-#include "specopt/distributed.h"
-#include "specopt/make_optimizer.h"
+#include "specopt/dist/distributed.h"
+#include "specopt/core/make_optimizer.h"
 
 #include <gtest/gtest.h>
 #include <torch/serialize.h>

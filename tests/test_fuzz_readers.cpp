@@ -6,10 +6,10 @@
 // hang or be accepted out of range. Seeds are fixed, so a failure reproduces.
 #include "test_support.h"
 
-#include "specopt/checkpoint.h"
-#include "specopt/config.h"
-#include "specopt/data.h"
-#include "specopt/trainer.h"
+#include "specopt/train/checkpoint.h"
+#include "specopt/train/config.h"
+#include "specopt/train/data.h"
+#include "specopt/train/trainer.h"
 
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>

@@ -3,13 +3,13 @@
 // straightforward float64 implementations of the study's formulas written
 // here, with Ψ_p from at::linalg_svd.
 #include "paper_reference.h"
-#include "specopt/make_optimizer.h"
-#include "specopt/models.h"
-#include "specopt/spectral_adamw.h"
-#include "specopt/spectral_sgd.h"
-#include "specopt/trainer.h"
-#include "specopt/update_rules.h"
-#include "specopt/variants.h"
+#include "specopt/core/make_optimizer.h"
+#include "specopt/train/models.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/core/spectral_sgd.h"
+#include "specopt/train/trainer.h"
+#include "specopt/core/update_rules.h"
+#include "specopt/core/variants.h"
 
 #include <gtest/gtest.h>
 #include <torch/nn/modules/linear.h>

@@ -1,4 +1,4 @@
-// Tests of Ψ_p(O) = U Σ^p Vᵀ (include/specopt/spectral.h) against float64
+// Tests of Ψ_p(O) = U Σ^p Vᵀ (include/specopt/core/spectral.h) against float64
 // SVD references, invariances, an independent implementation of the paper's
 // formulas, edge inputs and error messages.
 //
@@ -19,7 +19,7 @@
 //                     scheme in paper_reference.h (float64 1e-12, float32 1e-6,
 //                     bfloat16 p = 0 bit for bit).
 #include "paper_reference.h"
-#include "specopt/spectral.h"
+#include "specopt/core/spectral.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

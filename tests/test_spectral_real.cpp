@@ -26,9 +26,9 @@
 // validation loss, and diverges only where eigh does. Short for CI (40 GPT and
 // 60 MLP steps); SPECOPT_ACCEPTANCE_STEPS=N runs N steps of both instead
 // (docs/transform.md has the longer command and its table).
-#include "specopt/config.h"
-#include "specopt/spectral.h"
-#include "specopt/trainer.h"
+#include "specopt/train/config.h"
+#include "specopt/core/spectral.h"
+#include "specopt/train/trainer.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>

@@ -3,10 +3,10 @@
 // checked against independent computations, the report files, and the subprocess launcher.
 #include "test_support.h"
 
-#include "specopt/config.h"
-#include "specopt/report.h"
-#include "specopt/study.h"
-#include "specopt/trainer.h"
+#include "specopt/train/config.h"
+#include "specopt/study/report.h"
+#include "specopt/study/study.h"
+#include "specopt/train/trainer.h"
 
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>

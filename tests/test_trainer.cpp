@@ -3,10 +3,10 @@
 // checkpoint errors, and that training lowers the loss.
 #include "test_support.h"
 
-#include "specopt/checkpoint.h"
-#include "specopt/config.h"
-#include "specopt/data.h"
-#include "specopt/trainer.h"
+#include "specopt/train/checkpoint.h"
+#include "specopt/train/config.h"
+#include "specopt/train/data.h"
+#include "specopt/train/trainer.h"
 
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>

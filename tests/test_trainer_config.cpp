@@ -1,8 +1,8 @@
 // Config parsing/overrides/round trip and the step schedules (no training).
 #include "test_support.h"
 
-#include "specopt/config.h"
-#include "specopt/trainer.h"
+#include "specopt/train/config.h"
+#include "specopt/train/trainer.h"
 
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>

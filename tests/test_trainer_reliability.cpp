@@ -5,10 +5,10 @@
 // .tmp; checkpoint reading is bounded and its errors name the file.
 #include "test_support.h"
 
-#include "specopt/checkpoint.h"
-#include "specopt/config.h"
-#include "specopt/spectral_adamw.h"
-#include "specopt/trainer.h"
+#include "specopt/train/checkpoint.h"
+#include "specopt/train/config.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/train/trainer.h"
 
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>

@@ -1,6 +1,6 @@
-// The claim verdicts (specopt/verdict.h) on constructed studies whose right answer is known:
+// The claim verdicts (specopt/study/verdict.h) on constructed studies whose right answer is known:
 // clearly supported, clearly contradicted, noise only, a grid edge, one seed.
-#include "specopt/verdict.h"
+#include "specopt/study/verdict.h"
 
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>

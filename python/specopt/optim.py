@@ -1,6 +1,6 @@
 """Spectral optimizers as torch.optim.Optimizer subclasses, stepping through the C++ core.
 
-The arithmetic is the C++ functional update rules (include/specopt/update_rules.h:
+The arithmetic is the C++ functional update rules (include/specopt/core/update_rules.h:
 spectral_adamw_step, spectral_sgd_step) -- the same code the C++ SpectralAdamW /
 SpectralSGD classes run. The state tensors live in ``self.state`` like any torch
 optimizer's, so ``state_dict()`` / ``load_state_dict()``, ``torch.save`` and

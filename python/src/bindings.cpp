@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "specopt/threads.h"
-#include "specopt/variants.h"
+#include "specopt/core/threads.h"
+#include "specopt/core/variants.h"
 
 namespace specopt {
 namespace python {

@@ -6,7 +6,7 @@
 #include <c10/util/Exception.h>
 #include <torch/csrc/utils/pybind.h>
 
-#include "specopt/spectral.h"
+#include "specopt/core/spectral.h"
 
 namespace specopt {
 namespace python {

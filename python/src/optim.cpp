@@ -18,11 +18,11 @@
 #include <vector>
 
 #include "bindings.h"
-#include "specopt/make_optimizer.h"
-#include "specopt/spectral_adamw.h"
-#include "specopt/spectral_sgd.h"
-#include "specopt/update_rules.h"
-#include "specopt/variants.h"
+#include "specopt/core/make_optimizer.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/core/spectral_sgd.h"
+#include "specopt/core/update_rules.h"
+#include "specopt/core/variants.h"
 
 namespace specopt {
 namespace python {

@@ -1,0 +1,96 @@
+// make_optimizer: the study's optimizer setup from one spec.
+//
+// Parameters are split into a matrix group (dim ≥ 2) and a vector group
+// (dim < 2), each with its own lr and weight decay.
+//   Adam family: one SpectralAdamW with both groups (the vector group has p = 1).
+//   mSGD family: a SpectralSGD for the matrices and a SpectralAdamW with p = 1
+//                (= AdamW) for the vectors, as the study did.
+// SpectralOptimizer wraps the one or two optimizers so trainers see one object.
+#pragma once
+
+#include "specopt/core/spectral.h"
+#include "specopt/core/update_rules.h"
+#include "specopt/core/variants.h"
+
+#include <ATen/core/Tensor.h>
+#include <torch/ordered_dict.h>
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace specopt {
+
+struct OptimizerSpec {
+  std::string variant = "AdamW";  // any parse_variant() string ("Adam", "mSGDZ", "adam:p=0.3"); "AdamW" = "Adam"
+  double lr_matrix = 1e-3, lr_vector = 3e-4;
+  double weight_decay_matrix = 0.0, weight_decay_vector = 0.0;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;  // Adam family, and the vector AdamW of mSGD
+  double momentum = 0.9;                         // mSGD family
+  bool nesterov = false;
+  Method method = Method::kAuto;
+  ScaleMode scale = ScaleMode::kAuto;
+  // Matrices split into split_rows_blocks row blocks, each transformed on its
+  // own (the packed Q, K, V), by either rule:
+  //  * by name: the name contains one of split_rows_patterns (e.g. "c_attn");
+  //  * by shape (split_rows_by_shape; the published study's rule): the row
+  //    count (dim 0) is exactly split_rows_blocks × the column count (the
+  //    other dims together): QKV 3d × d, and the embedding when vocab = 3d.
+  std::vector<std::string> split_rows_patterns;
+  bool split_rows_by_shape = false;
+  int64_t split_rows_blocks = 3;
+  SpectralOptions spectral;
+};
+
+class SpectralOptimizer {
+ public:
+  // One parameter group of one of the underlying optimizers.
+  struct Group {
+    size_t optimizer;  // index into optimizers()
+    size_t group;      // index into that optimizer's param_groups()
+    bool matrix;       // matrix group (lr_matrix, p) or vector group (lr_vector, p = 1)
+  };
+  // Use make_optimizer().
+  SpectralOptimizer(OptimizerSpec spec, Variant variant,
+                    std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers,
+                    std::vector<Group> groups, std::vector<std::string> parameter_names);
+
+  // Checks all gradients for NaN/Inf (throwing with the parameter's name
+  // before anything changes), then steps every underlying optimizer.
+  void step();
+  void zero_grad();  // releases the gradients (set_to_none), on every LibTorch version
+  void set_lr(double lr_matrix, double lr_vector);  // per-step schedules
+  void set_p(double p);                             // p schedules (matrix groups)
+  double p() const;                                 // current p of the matrix groups
+  void save(torch::serialize::OutputArchive& archive) const;
+  // Throws c10::Error (state unchanged) if the archive holds other parameter
+  // names or another family.
+  void load(torch::serialize::InputArchive& archive);
+  std::vector<torch::optim::Optimizer*> optimizers();  // the underlying ones
+  const std::vector<Group>& groups() const { return groups_; }
+  const OptimizerSpec& spec() const { return spec_; }
+  const Variant& variant() const { return variant_; }
+  // Names of all managed parameters in order (matrices first, then vectors).
+  const std::vector<std::string>& parameter_names() const { return names_; }
+
+ private:
+  OptimizerSpec spec_;
+  Variant variant_;
+  std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers_;
+  std::vector<Group> groups_;
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> params_;  // in the order of names_
+};
+
+// Throws c10::Error naming the bad value (unknown variant, negative lr, ...),
+// or if the parameter list is empty / has duplicate names.
+std::unique_ptr<SpectralOptimizer> make_optimizer(
+    const std::vector<std::pair<std::string, at::Tensor>>& named_parameters,
+    const OptimizerSpec& spec);
+std::unique_ptr<SpectralOptimizer> make_optimizer(
+    const torch::OrderedDict<std::string, at::Tensor>& named_parameters, const OptimizerSpec& spec);
+
+}  // namespace specopt

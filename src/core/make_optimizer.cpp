@@ -1,0 +1,268 @@
+// make_optimizer and SpectralOptimizer: the study's parameter grouping over
+// SpectralAdamW / SpectralSGD (see make_optimizer.h).
+#include "specopt/core/make_optimizer.h"
+
+#include "specopt/core/compat.h"
+#include "specopt/core/spectral_adamw.h"
+#include "specopt/core/spectral_sgd.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/serialize/archive.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <set>
+
+namespace specopt {
+
+using torch::optim::OptimizerOptions;
+using torch::optim::OptimizerParamGroup;
+
+namespace {
+
+constexpr const char* kArchiveKind = "SpectralOptimizer";
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+bool matches_any(const std::string& name, const std::vector<std::string>& patterns) {
+  return std::any_of(patterns.begin(), patterns.end(),
+                     [&](const std::string& p) { return name.find(p) != std::string::npos; });
+}
+
+// Both option types carry p; the vector AdamW of the mSGD family is never a matrix group.
+OptimizerOptions& group_options(torch::optim::Optimizer& opt, size_t group) {
+  return opt.param_groups().at(group).options();
+}
+
+void set_group_p(OptimizerOptions& o, double p) {
+  if (auto* a = dynamic_cast<SpectralAdamWOptions*>(&o)) {
+    a->p(p);
+  } else if (auto* s = dynamic_cast<SpectralSGDOptions*>(&o)) {
+    s->p(p);
+  } else {
+    TORCH_CHECK(false, "SpectralOptimizer::set_p: group options are not spectral options");
+  }
+}
+
+double group_p(const OptimizerOptions& o) {
+  if (auto* a = dynamic_cast<const SpectralAdamWOptions*>(&o)) return a->p();
+  if (auto* s = dynamic_cast<const SpectralSGDOptions*>(&o)) return s->p();
+  TORCH_CHECK(false, "SpectralOptimizer::p: group options are not spectral options");
+}
+
+template <typename T>
+c10::IValue get(torch::serialize::InputArchive& a, const std::string& key) {
+  c10::IValue v;
+  TORCH_CHECK(a.try_read(key, v), "SpectralOptimizer load: missing entry '", key, "'");
+  return v;
+}
+
+}  // namespace
+
+SpectralOptimizer::SpectralOptimizer(OptimizerSpec spec, Variant variant,
+                                     std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers,
+                                     std::vector<Group> groups, std::vector<std::string> parameter_names)
+    : spec_(std::move(spec)),
+      variant_(std::move(variant)),
+      optimizers_(std::move(optimizers)),
+      groups_(std::move(groups)),
+      names_(std::move(parameter_names)) {
+  for (const auto& g : groups_) {
+    const auto& params = optimizers_.at(g.optimizer)->param_groups().at(g.group).params();
+    params_.insert(params_.end(), params.begin(), params.end());
+  }
+  TORCH_CHECK(params_.size() == names_.size(), "SpectralOptimizer: ", params_.size(), " parameters but ",
+              names_.size(), " names");
+  // step() checks all gradients at once, so a NaN in one optimizer's
+  // parameters cannot leave the other one stepped.
+  for (auto& opt : optimizers_)
+    if (auto* base = dynamic_cast<SpectralOptimizerBase*>(opt.get())) base->set_check_finite_grads(false);
+}
+
+void SpectralOptimizer::step() {
+  std::vector<at::Tensor> grads;
+  grads.reserve(params_.size());
+  for (const auto& w : params_) grads.push_back(w.grad());
+  check_finite_grads(grads, names_);
+  for (auto& opt : optimizers_) opt->step();
+}
+
+void SpectralOptimizer::zero_grad() {
+  for (auto& opt : optimizers_) compat::zero_grad(*opt, /*set_to_none=*/true);
+}
+
+void SpectralOptimizer::set_lr(double lr_matrix, double lr_vector) {
+  TORCH_CHECK(std::isfinite(lr_matrix) && lr_matrix >= 0, "SpectralOptimizer: invalid lr_matrix: ", lr_matrix);
+  TORCH_CHECK(std::isfinite(lr_vector) && lr_vector >= 0, "SpectralOptimizer: invalid lr_vector: ", lr_vector);
+  for (const auto& g : groups_)
+    group_options(*optimizers_[g.optimizer], g.group).set_lr(g.matrix ? lr_matrix : lr_vector);
+}
+
+void SpectralOptimizer::set_p(double p) {
+  TORCH_CHECK(std::isfinite(p) && p >= -0.5 && p <= 1.0, "SpectralOptimizer: p must lie in [-0.5, 1], got ", p);
+  for (const auto& g : groups_)
+    if (g.matrix) set_group_p(group_options(*optimizers_[g.optimizer], g.group), p);
+}
+
+double SpectralOptimizer::p() const {
+  for (const auto& g : groups_)
+    if (g.matrix) return group_p(optimizers_[g.optimizer]->param_groups().at(g.group).options());
+  return variant_.p;
+}
+
+std::vector<torch::optim::Optimizer*> SpectralOptimizer::optimizers() {
+  std::vector<torch::optim::Optimizer*> out;
+  for (auto& opt : optimizers_) out.push_back(opt.get());
+  return out;
+}
+
+void SpectralOptimizer::save(torch::serialize::OutputArchive& archive) const {
+  archive.write("kind", c10::IValue(std::string(kArchiveKind)));
+  archive.write("family", c10::IValue(family_name(variant_.family)));
+  archive.write("names.size", c10::IValue(static_cast<int64_t>(names_.size())));
+  for (size_t i = 0; i < names_.size(); ++i) archive.write("name." + std::to_string(i), c10::IValue(names_[i]));
+  archive.write("optimizers", c10::IValue(static_cast<int64_t>(optimizers_.size())));
+  for (size_t k = 0; k < optimizers_.size(); ++k) {
+    torch::serialize::OutputArchive sub(archive.compilation_unit());
+    optimizers_[k]->save(sub);
+    archive.write("optimizer." + std::to_string(k), sub);
+  }
+}
+
+void SpectralOptimizer::load(torch::serialize::InputArchive& archive) {
+  c10::IValue kind;
+  TORCH_CHECK(archive.try_read("kind", kind) && kind.isString() && kind.toStringRef() == kArchiveKind,
+              "SpectralOptimizer load: the archive holds no SpectralOptimizer state");
+  const std::string family = get<std::string>(archive, "family").toStringRef();
+  TORCH_CHECK(family == family_name(variant_.family), "SpectralOptimizer load: the archive is of the ", family,
+              " family, this optimizer is ", variant_.name, " (", family_name(variant_.family), " family)");
+  const int64_t n = get<int64_t>(archive, "names.size").toInt();
+  TORCH_CHECK(n == static_cast<int64_t>(names_.size()), "SpectralOptimizer load: the archive has ", n,
+              " parameters, this optimizer has ", names_.size());
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string saved = get<std::string>(archive, "name." + std::to_string(i)).toStringRef();
+    TORCH_CHECK(saved == names_[i], "SpectralOptimizer load: parameter ", i, " is '", saved,
+                "' in the archive but '", names_[i], "' in this optimizer");
+  }
+  const int64_t count = get<int64_t>(archive, "optimizers").toInt();
+  TORCH_CHECK(count == static_cast<int64_t>(optimizers_.size()), "SpectralOptimizer load: the archive has ",
+              count, " optimizers, this one has ", optimizers_.size());
+  for (size_t k = 0; k < optimizers_.size(); ++k) {
+    torch::serialize::InputArchive sub;
+    archive.read("optimizer." + std::to_string(k), sub);
+    optimizers_[k]->load(sub);
+  }
+}
+
+std::unique_ptr<SpectralOptimizer> make_optimizer(
+    const std::vector<std::pair<std::string, at::Tensor>>& named_parameters, const OptimizerSpec& spec) {
+  const Variant variant = parse_variant(lower(spec.variant) == "adamw" ? "Adam" : spec.variant);
+  TORCH_CHECK(!named_parameters.empty(), "make_optimizer: no parameters");
+  TORCH_CHECK(std::isfinite(spec.lr_matrix) && spec.lr_matrix >= 0, "make_optimizer: invalid lr_matrix: ",
+              spec.lr_matrix);
+  TORCH_CHECK(std::isfinite(spec.lr_vector) && spec.lr_vector >= 0, "make_optimizer: invalid lr_vector: ",
+              spec.lr_vector);
+  TORCH_CHECK(spec.weight_decay_matrix >= 0, "make_optimizer: invalid weight_decay_matrix: ",
+              spec.weight_decay_matrix);
+  TORCH_CHECK(spec.weight_decay_vector >= 0, "make_optimizer: invalid weight_decay_vector: ",
+              spec.weight_decay_vector);
+  TORCH_CHECK(spec.split_rows_blocks >= 1, "make_optimizer: invalid split_rows_blocks: ", spec.split_rows_blocks);
+
+  // Partition: plain matrices, row-split matrices, vectors.
+  struct Part {
+    std::vector<at::Tensor> params;
+    std::vector<std::string> names;
+  };
+  Part matrices, split, vectors;
+  std::set<std::string> seen;
+  for (const auto& [name, w] : named_parameters) {
+    TORCH_CHECK(w.defined(), "make_optimizer: parameter '", name, "' is undefined");
+    TORCH_CHECK(seen.insert(name).second, "make_optimizer: duplicate parameter name '", name, "'");
+    // The shape rule: rows (dim 0) = split_rows_blocks × cols (the other dims together).
+    const bool split_by_shape = spec.split_rows_by_shape && w.dim() >= 2 && w.numel() > 0 &&
+                                w.size(0) == spec.split_rows_blocks * (w.numel() / w.size(0));
+    const bool split_it = split_by_shape || matches_any(name, spec.split_rows_patterns);
+    Part& part = w.dim() < 2 ? vectors : (split_it ? split : matrices);
+    part.params.push_back(w);
+    part.names.push_back(name);
+  }
+
+  const auto matrix_transform = [&](auto options, int64_t row_blocks) {
+    return options.p(variant.p).method(spec.method).scale(spec.scale).row_blocks(row_blocks).spectral(
+        spec.spectral);
+  };
+  const SpectralAdamWOptions vector_options = SpectralAdamWOptions(spec.lr_vector)
+                                                  .betas(std::make_tuple(spec.beta1, spec.beta2))
+                                                  .eps(spec.eps)
+                                                  .weight_decay(spec.weight_decay_vector)
+                                                  .decay_vectors(true)
+                                                  .p(1.0);
+
+  std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers;
+  std::vector<SpectralOptimizer::Group> groups;
+  std::vector<std::string> names;
+  // Builds one optimizer from (part, options, is-matrix) triples, skipping empty parts.
+  const auto build = [&](auto make, auto& parts) {
+    std::vector<OptimizerParamGroup> param_groups;
+    std::vector<std::vector<std::string>> group_names;
+    for (auto& [part, options, matrix] : parts) {
+      if (part->params.empty()) continue;
+      param_groups.emplace_back(part->params, options->clone());
+      group_names.push_back(part->names);
+      groups.push_back({optimizers.size(), param_groups.size() - 1, matrix});
+      names.insert(names.end(), part->names.begin(), part->names.end());
+    }
+    if (param_groups.empty()) return;
+    auto opt = make(std::move(param_groups));
+    for (size_t g = 0; g < group_names.size(); ++g) opt->set_parameter_names(g, group_names[g]);
+    optimizers.push_back(std::move(opt));
+  };
+
+  if (variant.family == Family::kAdam) {
+    const auto m = matrix_transform(SpectralAdamWOptions(spec.lr_matrix)
+                                        .betas(std::make_tuple(spec.beta1, spec.beta2))
+                                        .eps(spec.eps)
+                                        .weight_decay(spec.weight_decay_matrix),
+                                    1);
+    const auto ms = SpectralAdamWOptions(m).row_blocks(spec.split_rows_blocks);
+    std::vector<std::tuple<Part*, const OptimizerOptions*, bool>> parts = {
+        {&matrices, &m, true}, {&split, &ms, true}, {&vectors, &vector_options, false}};
+    build([&](std::vector<OptimizerParamGroup> pg) { return std::make_unique<SpectralAdamW>(std::move(pg), m); },
+          parts);
+  } else {
+    const auto m = matrix_transform(SpectralSGDOptions(spec.lr_matrix)
+                                        .momentum(spec.momentum)
+                                        .nesterov(spec.nesterov)
+                                        .weight_decay(spec.weight_decay_matrix),
+                                    1);
+    const auto ms = SpectralSGDOptions(m).row_blocks(spec.split_rows_blocks);
+    std::vector<std::tuple<Part*, const OptimizerOptions*, bool>> matrix_parts = {{&matrices, &m, true},
+                                                                                 {&split, &ms, true}};
+    build([&](std::vector<OptimizerParamGroup> pg) { return std::make_unique<SpectralSGD>(std::move(pg), m); },
+          matrix_parts);
+    std::vector<std::tuple<Part*, const OptimizerOptions*, bool>> vector_parts = {
+        {&vectors, &vector_options, false}};
+    build(
+        [&](std::vector<OptimizerParamGroup> pg) {
+          return std::make_unique<SpectralAdamW>(std::move(pg), vector_options);
+        },
+        vector_parts);
+  }
+  return std::make_unique<SpectralOptimizer>(spec, variant, std::move(optimizers), std::move(groups),
+                                             std::move(names));
+}
+
+std::unique_ptr<SpectralOptimizer> make_optimizer(
+    const torch::OrderedDict<std::string, at::Tensor>& named_parameters, const OptimizerSpec& spec) {
+  std::vector<std::pair<std::string, at::Tensor>> pairs;
+  for (const auto& item : named_parameters) pairs.emplace_back(item.key(), item.value());
+  return make_optimizer(pairs, spec);
+}
+
+}  // namespace specopt

@@ -1,0 +1,68 @@
+#include "specopt/core/variants.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <sstream>
+
+namespace specopt {
+
+namespace {
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+}  // namespace
+
+const std::vector<Variant>& named_variants() {
+  static const std::vector<Variant> table = {
+      {"Adam", Family::kAdam, 1.0},  {"AdamS", Family::kAdam, 0.5},
+      {"AdamQ", Family::kAdam, 0.25}, {"AdamZ", Family::kAdam, 0.0},
+      {"mSGD", Family::kSGD, 1.0},   {"mSGDS", Family::kSGD, 0.5},
+      {"mSGDQ", Family::kSGD, 0.25}, {"mSGDZ", Family::kSGD, 0.0},
+  };
+  return table;
+}
+
+std::string family_name(Family family) { return family == Family::kAdam ? "Adam" : "mSGD"; }
+
+std::string variant_name(Family family, double p) {
+  for (const auto& v : named_variants())
+    if (v.family == family && v.p == p) return v.name;
+  std::ostringstream os;
+  os << lower(family_name(family)) << ":p=" << p;
+  return os.str();
+}
+
+Variant parse_variant(const std::string& text) {
+  const std::string key = lower(text);
+  for (const auto& v : named_variants())
+    if (lower(v.name) == key) return v;
+  const auto colon = key.find(':');
+  if (colon != std::string::npos) {
+    const std::string fam = key.substr(0, colon);
+    std::string rest = key.substr(colon + 1);
+    if (rest.rfind("p=", 0) == 0) rest = rest.substr(2);
+    Family family;
+    bool fam_ok = true;
+    if (fam == "adam") family = Family::kAdam;
+    else if (fam == "msgd") family = Family::kSGD;
+    else fam_ok = false;
+    if (fam_ok && !rest.empty()) {
+      char* end = nullptr;
+      const double p = std::strtod(rest.c_str(), &end);
+      TORCH_CHECK(end && *end == '\0' && std::isfinite(p),
+                  "variant '", text, "': p must be a number, got '", rest, "'");
+      TORCH_CHECK(p >= -0.5 && p <= 1.0, "variant '", text, "': p must lie in [-0.5, 1], got ", p);
+      return Variant{variant_name(family, p), family, p};
+    }
+  }
+  TORCH_CHECK(false, "unknown optimizer variant '", text,
+              "' (valid: Adam, AdamS, AdamQ, AdamZ, mSGD, mSGDS, mSGDQ, mSGDZ, "
+              "or adam:p=<p> / msgd:p=<p> with p in [-0.5, 1])");
+}
+
+}  // namespace specopt

@@ -1,0 +1,482 @@
+// The report of a study: report.md, CSV/JSON tables, and the plots drawn by
+// scripts/plot_study.py.
+#include "specopt/study/report.h"
+
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+namespace specopt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string fmt_loss(double x) {
+  if (std::isnan(x)) return "n/a";
+  if (std::isinf(x)) return "inf";
+  return fmt::format("{:.4f}", x);
+}
+
+std::string csv_number(double x) {
+  if (std::isnan(x)) return "";
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  return fmt::format("{:.6g}", x);
+}
+
+void write_results_csv(const StudyAnalysis& a, const fs::path& file) {
+  std::ofstream f(file);
+  TORCH_CHECK(f.good(), "cannot write ", file.string());
+  f << "variant,family,p,lr,n_seeds,n_diverged,n_missing,mean_val_loss,std_val_loss,stable,best\n";
+  for (const auto& v : a.variants)
+    for (size_t k = 0; k < v.cells.size(); ++k) {
+      const auto& c = v.cells[k];
+      f << fmt::format("{},{},{},{},{},{},{},{},{},{},{}\n", v.variant, family_name(v.family), v.p,
+                       lr_label(c.lr), c.losses.size(), c.n_diverged, c.n_missing,
+                       csv_number(c.mean), csv_number(c.std), c.stable ? 1 : 0,
+                       static_cast<int64_t>(k) == v.best ? 1 : 0);
+    }
+}
+
+void write_runs_csv(const std::vector<RunResult>& results, const fs::path& file) {
+  std::ofstream f(file);
+  TORCH_CHECK(f.good(), "cannot write ", file.string());
+  f << "run,variant,lr,seed,status,final_val_loss,best_val_loss,steps_done,throughput,"
+       "throughput_unit,spectral_share,wall_s\n";
+  for (const auto& r : results) {
+    const char* status = r.status == RunStatus::kMissing
+                             ? "missing"
+                             : (r.status == RunStatus::kDiverged ? "diverged" : "finished");
+    const bool have = r.status != RunStatus::kMissing;
+    f << fmt::format("{},{},{},{},{},{},{},{},{},{},{},{}\n", r.run.name, r.run.variant,
+                     lr_label(r.run.lr), r.run.seed, status,
+                     have ? csv_number(r.final_val_loss) : "", have ? csv_number(r.best_val_loss) : "",
+                     r.steps_done, have ? csv_number(r.throughput) : "", r.throughput_unit,
+                     have ? csv_number(r.spectral_share) : "", have ? csv_number(r.wall_s) : "");
+  }
+}
+
+// Loss curves (metrics.jsonl) of every seed at each variant's best lr.
+void write_curves_csv(const StudyAnalysis& a, const std::vector<RunResult>& results,
+                      const fs::path& file) {
+  std::ofstream f(file);
+  TORCH_CHECK(f.good(), "cannot write ", file.string());
+  f << "variant,lr,seed,step,train_loss,val_loss\n";
+  for (const auto& v : a.variants) {
+    if (v.best < 0) continue;
+    const double lr = v.cells[v.best].lr;
+    for (const auto& r : results) {
+      if (r.run.variant != v.variant || r.run.lr != lr || r.status == RunStatus::kMissing) continue;
+      std::ifstream in(fs::path(r.run.dir) / "metrics.jsonl");
+      std::string line;
+      int64_t lineno = 0;
+      while (std::getline(in, line)) {
+        ++lineno;
+        if (line.empty()) continue;
+        nlohmann::json j;
+        try {
+          j = nlohmann::json::parse(line);
+        } catch (const std::exception& e) {
+          TORCH_CHECK(false, "malformed line ", lineno, " of ", (fs::path(r.run.dir) / "metrics.jsonl").string(),
+                      ": ", e.what());
+        }
+        auto num = [&](const char* k) {
+          return j.contains(k) && j[k].is_number() ? csv_number(j[k].get<double>()) : std::string();
+        };
+        f << fmt::format("{},{},{},{},{},{}\n", v.variant, lr_label(lr), r.run.seed,
+                         j.value("step", int64_t{0}), num("train_loss"), num("val_loss"));
+      }
+    }
+  }
+}
+
+nlohmann::json analysis_json(const StudyAnalysis& a) {
+  auto num = [](double x) -> nlohmann::json {
+    if (std::isnan(x)) return nullptr;
+    if (std::isinf(x)) return "inf";
+    return x;
+  };
+  nlohmann::json j;
+  j["tolerance"] = a.tolerance;
+  j["reference_level"] = num(a.reference_level);
+  j["runs"] = {{"total", a.runs_total}, {"finished", a.runs_finished},
+               {"diverged", a.runs_diverged}, {"missing", a.runs_missing}};
+  j["variants"] = nlohmann::json::array();
+  for (const auto& v : a.variants) {
+    nlohmann::json jv = {{"variant", v.variant}, {"family", family_name(v.family)}, {"p", v.p},
+                         {"best_lr", num(best_lr(v))}, {"best_mean", num(best_mean(v))},
+                         {"best_std", v.best >= 0 ? num(v.cells[v.best].std) : nullptr},
+                         {"best_at_edge", v.best_at_edge},
+                         {"stable_points", v.stable_points},
+                         {"stable_decades", v.stable_decades},
+                         {"stable_lo", v.stable_points ? num(v.stable_lo) : nullptr},
+                         {"stable_hi", v.stable_points ? num(v.stable_hi) : nullptr},
+                         {"diverged_runs", v.diverged_runs}, {"throughput", v.throughput},
+                         {"throughput_unit", v.throughput_unit},
+                         {"spectral_share", v.spectral_share}};
+    j["variants"].push_back(jv);
+  }
+  auto interval = [&](const Interval& i) {
+    return nlohmann::json{{"estimate", num(i.estimate)}, {"lo", num(i.lo)}, {"hi", num(i.hi)}};
+  };
+  j["verdicts"] = nlohmann::json::array();
+  for (const auto& tv : a.verdicts) {
+    nlohmann::json jt = {{"tolerance", tv.tolerance}, {"n_seeds", tv.n_seeds},
+                         {"adam_family_width", interval(tv.adam_family_width)},
+                         {"sgd_family_width", interval(tv.sgd_family_width)}};
+    jt["widths"] = nlohmann::json::array();
+    for (const auto& w : tv.widths)
+      jt["widths"].push_back({{"variant", w.variant}, {"width", interval(w.width)},
+                              {"per_seed", w.per_seed}, {"bracketed", w.bracketed},
+                              {"bracket_note", w.bracket_note},
+                              {"best_loss", interval(w.best_loss)}});
+    jt["claims"] = nlohmann::json::array();
+    for (const auto& c : tv.claims)
+      jt["claims"].push_back({{"number", c.number}, {"claim", c.claim},
+                              {"verdict", verdict_name(c.verdict)},
+                              {"point_verdict", verdict_name(c.point_verdict)},
+                              {"statistic", c.statistic}, {"difference", interval(c.difference)},
+                              {"margin", c.margin}, {"widen", c.widen}, {"evidence", c.evidence}});
+    j["verdicts"].push_back(jt);
+  }
+  return j;
+}
+
+std::string cell_text(const LrCell& c) {
+  if (c.losses.empty()) return "missing";
+  if (c.n_diverged > 0)
+    return fmt::format("inf ({}/{} diverged)", c.n_diverged, c.losses.size());
+  if (c.losses.size() == 1) return fmt_loss(c.mean);
+  return fmt::format("{} ± {}", fmt_loss(c.mean), fmt_loss(c.std));
+}
+
+void markdown_summary_table(std::ostream& md, const StudyAnalysis& a, bool with_throughput) {
+  md << "| variant | family | p | best lr | best final val loss | stable lr range | stable "
+        "points | width (decades) | diverged runs |"
+     << (with_throughput ? " throughput (median) | spectral share (median) |" : "") << "\n";
+  md << "|---|---|---|---|---|---|---|---|---|" << (with_throughput ? "---|---|" : "") << "\n";
+  for (const auto& v : a.variants) {
+    const std::string range = v.stable_points
+                                  ? fmt::format("{} – {}", lr_label(v.stable_lo), lr_label(v.stable_hi))
+                                  : "none";
+    md << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {:.2f} | {} |", v.variant,
+                      family_name(v.family), v.p,
+                      v.best >= 0 ? lr_label(best_lr(v)) + (v.best_at_edge ? " (grid edge)" : "") : "–",
+                      v.best >= 0 ? cell_text(v.cells[v.best]) : "–", range, v.stable_points,
+                      v.stable_decades, v.diverged_runs);
+    if (with_throughput)
+      md << fmt::format(" {} | {} |",
+                        v.throughput > 0 ? fmt::format("{:.0f} {}", v.throughput, v.throughput_unit)
+                                         : "–",
+                        fmt::format("{:.1f} %", 100.0 * v.spectral_share));
+    md << "\n";
+  }
+}
+
+void markdown_grid_table(std::ostream& md, const StudyAnalysis& a) {
+  md << "| variant | lr | final val loss (mean ± std) | seeds | stable |\n|---|---|---|---|---|\n";
+  for (const auto& v : a.variants)
+    for (size_t k = 0; k < v.cells.size(); ++k) {
+      const auto& c = v.cells[k];
+      const bool best = static_cast<int64_t>(k) == v.best;
+      md << fmt::format("| {} | {} | {}{}{} | {}{} | {} |\n", v.variant, lr_label(c.lr),
+                        best ? "**" : "", cell_text(c), best ? "**" : "", c.losses.size(),
+                        c.n_missing ? fmt::format(" (+{} missing)", c.n_missing) : "",
+                        c.stable ? "yes" : (c.n_diverged ? "diverged" : "no"));
+    }
+}
+
+std::string fmt_tol(double t) { return fmt::format("{:g} %", 100.0 * t); }
+
+// "supported: +1.50 [+0.50, +2.00]" — the verdict and the interval it rests on.
+std::string verdict_cell(const ClaimEvidence& c) {
+  if (c.verdict == Verdict::kNotTested) return "not tested";
+  const Interval& d = c.difference;
+  std::string out = fmt::format("**{}**", verdict_name(c.verdict));
+  if (c.number == 3)
+    out += fmt::format(" ({:+.4f} [{:+.4f}, {:+.4f}] vs margin {:.4f})", d.estimate, d.lo, d.hi,
+                       c.margin);
+  else
+    out += fmt::format(" ({:+.2f} [{:+.2f}, {:+.2f}])", d.estimate, d.lo, d.hi);
+  if (c.verdict != c.point_verdict) out += fmt::format("; interval alone: {}", verdict_name(c.point_verdict));
+  return out;
+}
+
+// The verdict table: one row per claim, one column per tolerance (+ the paper's).
+void markdown_verdict_table(std::ostream& md, const StudyAnalysis& a, const StudyAnalysis* ref) {
+  md << "| claim |";
+  for (const auto& tv : a.verdicts) md << " tolerance " << fmt_tol(tv.tolerance) << " |";
+  if (ref) md << " the paper (1 seed, tolerance " << fmt_tol(ref->tolerance) << ") |";
+  md << "\n|---|";
+  for (size_t i = 0; i < a.verdicts.size() + (ref ? 1 : 0); ++i) md << "---|";
+  md << "\n";
+  for (size_t k = 0; k < a.claims.size(); ++k) {
+    md << fmt::format("| {}. {} |", a.claims[k].number, a.claims[k].claim);
+    for (const auto& tv : a.verdicts) md << " " << verdict_cell(tv.claims[k]) << " |";
+    if (ref) md << " " << verdict_cell(ref->claims[k]) << " |";
+    md << "\n";
+  }
+}
+
+void markdown_widen(std::ostream& md, const StudyAnalysis& a) {
+  std::vector<std::string> notes;
+  for (const auto& w : a.verdicts.front().widths)
+    if (!w.bracketed) notes.push_back(fmt::format("**{}**: {}", w.variant, w.bracket_note));
+  if (notes.empty()) {
+    md << "Every variant's grid is bracketed at tolerance " << fmt_tol(a.tolerance)
+       << " (best lr inside the grid, divergence or a clear rise at both ends).\n";
+    return;
+  }
+  md << "Widen the grid (at tolerance " << fmt_tol(a.tolerance) << "): ";
+  for (size_t i = 0; i < notes.size(); ++i) md << (i ? "; " : "") << notes[i];
+  md << ". A claim involving such a variant is inconclusive whatever its interval says.\n";
+}
+
+void markdown_claims(std::ostream& md, const StudyAnalysis& a) {
+  for (const auto& c : a.claims)
+    md << fmt::format("{}. *{}* — **{}**. Statistic: {}. {}\n", c.number, c.claim,
+                      verdict_name(c.verdict), c.statistic, c.evidence);
+}
+
+// Per variant: best lr and loss with its interval, the widths at each tolerance, bracketing,
+// and the paper's best lr / loss / width beside them (when the reference has the variant).
+void markdown_width_table(std::ostream& md, const StudyAnalysis& a, const StudyAnalysis* ref) {
+  md << "| variant | best lr | final val loss at the best lr (mean [95 % interval]) |";
+  for (const auto& tv : a.verdicts) md << " width at " << fmt_tol(tv.tolerance) << " |";
+  md << " bracketed |" << (ref ? " the paper: best lr, loss, width |" : "") << "\n|---|---|---|";
+  for (size_t i = 0; i < a.verdicts.size(); ++i) md << "---|";
+  md << "---|" << (ref ? "---|" : "") << "\n";
+  for (size_t k = 0; k < a.variants.size(); ++k) {
+    const auto& w0 = a.verdicts.front().widths[k];
+    const auto& v = a.variants[k];
+    md << fmt::format("| {} | {} | {} |", v.variant, v.best >= 0 ? lr_label(v.cells[v.best].lr) : "–",
+                      w0.best < 0 ? "–"
+                                  : fmt::format("{:.4f} [{:.4f}, {:.4f}]", w0.best_loss.estimate,
+                                                w0.best_loss.lo, w0.best_loss.hi));
+    for (const auto& tv : a.verdicts) {
+      const auto& w = tv.widths[k];
+      md << fmt::format(" {:.2f} [{:.2f}, {:.2f}] |", w.width.estimate, w.width.lo, w.width.hi);
+    }
+    md << " " << (w0.bracketed ? "yes" : "no: " + w0.bracket_note) << " |";
+    if (ref) {
+      std::string paper = "–";
+      for (size_t r = 0; r < ref->variants.size(); ++r) {
+        const auto& rv = ref->variants[r];
+        if (rv.variant != v.variant || rv.best < 0) continue;
+        paper = fmt::format("{}, {}, {:.2f}", lr_label(rv.cells[rv.best].lr),
+                            fmt_loss(rv.cells[rv.best].mean),
+                            ref->verdicts.front().widths[r].width.estimate);
+      }
+      md << " " << paper << " |";
+    }
+    md << "\n";
+  }
+}
+
+void write_verdict_csvs(const StudyAnalysis& a, const fs::path& dir) {
+  std::ofstream w(dir / "widths.csv");
+  TORCH_CHECK(w.good(), "cannot write ", (dir / "widths.csv").string());
+  w << "variant,family,p,tolerance,n_seeds,width,width_lo,width_hi,best_lr,best_loss,best_loss_lo,"
+       "best_loss_hi,best_std,bracketed,note\n";
+  for (const auto& tv : a.verdicts)
+    for (size_t k = 0; k < tv.widths.size(); ++k) {
+      const auto& x = tv.widths[k];
+      const auto& v = a.variants[k];
+      w << fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n", x.variant,
+                       family_name(x.family), x.p, tv.tolerance, tv.n_seeds, csv_number(x.width.estimate),
+                       csv_number(x.width.lo), csv_number(x.width.hi),
+                       v.best >= 0 ? lr_label(v.cells[v.best].lr) : "",
+                       x.best < 0 ? "" : csv_number(x.best_loss.estimate),
+                       x.best < 0 ? "" : csv_number(x.best_loss.lo),
+                       x.best < 0 ? "" : csv_number(x.best_loss.hi),
+                       x.best < 0 ? "" : csv_number(x.best_std), x.bracketed ? 1 : 0, x.bracket_note);
+    }
+  std::ofstream c(dir / "verdicts.csv");
+  TORCH_CHECK(c.good(), "cannot write ", (dir / "verdicts.csv").string());
+  c << "tolerance,claim,verdict,point_verdict,estimate,lo,hi,margin,widen\n";
+  for (const auto& tv : a.verdicts)
+    for (const auto& x : tv.claims) {
+      std::string widen;
+      for (const auto& v : x.widen) widen += (widen.empty() ? "" : " ") + v;
+      c << fmt::format("{},{},{},{},{},{},{},{},{}\n", tv.tolerance, x.number, verdict_name(x.verdict),
+                       verdict_name(x.point_verdict), csv_number(x.difference.estimate),
+                       csv_number(x.difference.lo), csv_number(x.difference.hi),
+                       csv_number(x.margin), widen);
+    }
+}
+
+std::string find_plot_script(const ReportOptions& options) {
+  if (!options.plot_script.empty()) return options.plot_script;
+  if (const char* env = std::getenv("SPECOPT_PLOT_SCRIPT")) return env;
+  std::vector<fs::path> candidates;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    candidates.push_back(exe.parent_path() / ".." / "scripts" / "plot_study.py");
+    candidates.push_back(exe.parent_path() / ".." / ".." / "scripts" / "plot_study.py");
+  }
+  candidates.push_back(fs::path("scripts") / "plot_study.py");
+  for (const auto& c : candidates)
+    if (fs::exists(c)) return fs::weakly_canonical(c).string();
+  return "";
+}
+
+// Runs the plot script; returns "" on success or a note on why there are no plots.
+std::string draw_plots(const std::string& study_dir, const ReportOptions& options) {
+  const std::string script = find_plot_script(options);
+  if (script.empty()) return "scripts/plot_study.py not found (set SPECOPT_PLOT_SCRIPT)";
+  std::string python = options.python;
+  if (const char* env = std::getenv("SPECOPT_PYTHON")) python = env;
+  const std::string log = (fs::path(study_dir) / "plot.log").string();
+  fs::remove(log);
+  LaunchRequest req;
+  req.run.name = "plot_study.py";
+  req.args = {script, study_dir};
+  req.log_path = log;
+  int rc = 0;
+  try {
+    rc = subprocess_launcher(python)(req);
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  if (rc != 0)
+    return fmt::format("{} {} failed (see {})", python, script, log);
+  return "";
+}
+
+}  // namespace
+
+std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a,
+                               const std::vector<RunResult>& results, const ReportOptions& options) {
+  const fs::path dir = config.study_dir;
+  fs::create_directories(dir);
+  write_results_csv(a, dir / "results.csv");
+  write_runs_csv(results, dir / "runs.csv");
+  write_curves_csv(a, results, dir / "curves.csv");
+  write_verdict_csvs(a, dir);
+
+  // The paper's numbers through the same analysis.
+  std::string reference_note;
+  StudyAnalysis ref;
+  bool have_ref = false;
+  if (!config.reference_configured) {
+    reference_note = "This study has no `reference` file configured.";
+  } else if (!fs::exists(config.reference)) {
+    reference_note = fmt::format("Reference file `{}` not found: section skipped.", config.reference);
+  } else {
+    ref = analyze_study(reference_results(config.reference), reference_variants(config.reference),
+                        config.reference_tolerance);
+    have_ref = true;
+    write_results_csv(ref, dir / "reference_results.csv");
+  }
+  for (const char* f : {"widths.png", "p_sweep.png"}) fs::remove(dir / f);
+  if (!have_ref) fs::remove(dir / "reference_results.csv");
+
+  nlohmann::json j = analysis_json(a);
+  j["study"] = config.name;
+  j["config"] = config.config_path;
+  if (have_ref) {
+    j["reference"] = analysis_json(ref);
+    j["reference"]["path"] = config.reference;
+  }
+  {
+    std::ofstream f(dir / "analysis.json");
+    TORCH_CHECK(f.good(), "cannot write ", (dir / "analysis.json").string());
+    f << j.dump(2) << "\n";
+  }
+
+  std::string plot_note;
+  if (options.plots) plot_note = draw_plots(dir.string(), options);
+  else plot_note = "plots disabled";
+
+  double wall = 0.0;
+  for (const auto& r : results) wall += r.wall_s;
+
+  std::ostringstream md;
+  md << "# Study `" << config.name << "`\n\n";
+  md << fmt::format("Config `{}`; command `specopt study {}`. {} runs ({} seeds): {} finished, {} "
+                    "diverged, {} missing. Summed run time {:.0f} s.\n\n",
+                    config.config_path, config.config_path, a.runs_total,
+                    a.verdicts.front().n_seeds, a.runs_finished, a.runs_diverged, a.runs_missing,
+                    wall);
+  md << "## Verdicts\n\n";
+  md << "Each claim is judged from per-seed statistics with a bootstrap over seeds (10,000 "
+        "resamples, fixed RNG seed; 95 % percentile intervals in brackets): *supported* when the "
+        "interval of the compared difference excludes 0 in the claimed direction, *contradicted* "
+        "when it excludes 0 in the other, *inconclusive* otherwise, or when a variant the claim "
+        "involves is not bracketed by its grid. Claims 1 and 2 compare stable widths (decades); "
+        "claim 3 compares Adam's best final loss with each p = 0 variant's against a noise margin "
+        "from the seeds (the row shows the p = 0 variant nearest to outperforming Adam). The "
+        "definitions are in docs/study.md (Verdicts).\n\n";
+  markdown_verdict_table(md, a, have_ref ? &ref : nullptr);
+  md << "\n";
+  markdown_widen(md, a);
+  md << "\n## Evidence (tolerance " << fmt_tol(a.tolerance) << ")\n\n";
+  markdown_claims(md, a);
+  md << "\n### Stable width per variant (decades, mean over seeds [95 % interval])\n\n";
+  md << fmt::format("Per seed s, a run is stable when its final validation loss is at most (1 + "
+                    "tolerance) · L*_s, L*_s the best loss of seed s in the whole study; the "
+                    "width is the contiguous run of stable grid points around that seed's best lr "
+                    "of the variant, each point counting for the log-lr interval halfway to its "
+                    "neighbours.\n\n");
+  markdown_width_table(md, a, have_ref ? &ref : nullptr);
+  md << "\n## Plots\n\n";
+  if (plot_note.empty()) {
+    md << "Final validation loss against the matrix learning rate (mean over seeds, error bars: "
+          "min–max over seeds; × on the top edge: a diverged seed; ★: the best lr), one colour per "
+          "variant in every figure:\n\n![final val loss vs lr](lr_sweep.png)\n\n";
+    if (fs::exists(dir / "widths.png"))
+      md << "Stable width per variant with its 95 % interval, at each tolerance:\n\n"
+            "![stable widths](widths.png)\n\n";
+    if (fs::exists(dir / "p_sweep.png"))
+      md << "Best final loss and stable width against p, per family (95 % intervals):\n\n"
+            "![p sweep](p_sweep.png)\n\n";
+    md << "Loss curves of every seed at each variant's best lr:\n\n"
+          "![loss curves at the best lr](curves.png)\n\n";
+  } else {
+    md << "No plots: " << plot_note << ".\n\n";
+  }
+  md << "## Summary per variant (seed means)\n\n";
+  md << "Stable here = no diverged seed and mean ≤ "
+     << fmt::format("(1 + {}) · L*, L* = {} (the best mean of any variant).\n\n", a.tolerance,
+                    fmt_loss(a.reference_level));
+  markdown_summary_table(md, a, true);
+  md << "\n## Final validation loss per learning rate\n\n";
+  markdown_grid_table(md, a);
+  md << "\n## The paper (GPT-2 124M, OpenWebText)\n\n";
+  if (have_ref) {
+    md << fmt::format("Published final validation losses from `{}` (one seed, 200k steps), put "
+                      "through the same definitions (tolerance {}, L* = {}). With one seed there "
+                      "is no interval and no noise estimate: the verdicts can only be "
+                      "'inconclusive', and the point estimate says which way the paper's numbers "
+                      "lean.\n\n",
+                      config.reference, fmt_tol(ref.tolerance), fmt_loss(ref.reference_level));
+    markdown_summary_table(md, ref, false);
+    md << "\nThe claims on the paper's numbers:\n\n";
+    markdown_claims(md, ref);
+    if (plot_note.empty())
+      md << "\n![the paper: final val loss vs lr](lr_sweep_reference.png)\n";
+  } else {
+    md << reference_note << "\n";
+  }
+  md << "\n## Files\n\n`verdicts.csv` (claim verdicts and intervals per tolerance), `widths.csv` "
+        "(stable widths and best losses with intervals), `results.csv` (per variant and lr), "
+        "`runs.csv` (per run), `curves.csv` (loss curves at each variant's best lr), "
+        "`analysis.json` (all of it), `runs/<variant>_lr<lr>_s<seed>/` (run directories).\n";
+
+  const fs::path report = dir / "report.md";
+  std::ofstream f(report);
+  TORCH_CHECK(f.good(), "cannot write ", report.string());
+  f << md.str();
+  return report.string();
+}
+
+}  // namespace specopt

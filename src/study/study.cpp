@@ -1,0 +1,483 @@
+// The study runner: plan, resumable parallel launch of `specopt train` subprocesses, and
+// reading their run directories. The config is study_config.cpp, the analysis analysis.cpp and
+// verdict.cpp, the report report.cpp.
+#include "specopt/study/study.h"
+
+#include "specopt/train/trainer.h"  // kExitInterrupted
+
+#include "train/stop_signals.h"
+
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+extern char** environ;
+
+namespace specopt {
+
+namespace fs = std::filesystem;
+
+// ----------------------------------------------------------------- runs ---
+
+std::string lr_label(double lr) {
+  std::string s = fmt::format("{}", lr);
+  // fmt writes 1e-05; drop the exponent's sign padding and a leading '+'.
+  const auto e = s.find('e');
+  if (e != std::string::npos) {
+    std::string mant = s.substr(0, e), exp = s.substr(e + 1);
+    bool neg = false;
+    if (!exp.empty() && (exp[0] == '-' || exp[0] == '+')) {
+      neg = exp[0] == '-';
+      exp = exp.substr(1);
+    }
+    while (exp.size() > 1 && exp[0] == '0') exp = exp.substr(1);
+    s = mant + "e" + (neg ? "-" : "") + exp;
+  }
+  return s;
+}
+
+std::string run_name(const std::string& variant, double lr, int64_t seed) {
+  // ':' and '=' of "adam:p=0.3" are awkward in paths.
+  std::string v = variant;
+  for (char& c : v)
+    if (c == ':' || c == '=' || c == '/') c = '-';
+  return fmt::format("{}_lr{}_s{}", v, lr_label(lr), seed);
+}
+
+std::vector<StudyRun> plan_study(const StudyConfig& config) {
+  std::vector<StudyRun> runs;
+  for (const auto& v : config.variants) {
+    for (double lr : config.lrs.at(v)) {
+      for (int64_t seed : config.seeds) {
+        StudyRun r;
+        r.variant = v;
+        r.lr = lr;
+        r.seed = seed;
+        r.name = run_name(v, lr, seed);
+        r.dir = (fs::path(config.study_dir) / "runs" / r.name).string();
+        runs.push_back(std::move(r));
+      }
+    }
+  }
+  return runs;
+}
+
+RunState run_state(const std::string& run_dir) {
+  if (fs::exists(fs::path(run_dir) / "summary.json")) return RunState::kFinished;
+  if (fs::exists(fs::path(run_dir) / "checkpoint.pt")) return RunState::kPartial;
+  return RunState::kPending;
+}
+
+std::vector<std::string> train_arguments(const StudyConfig& config, const StudyRun& run,
+                                         bool resume, int64_t threads) {
+  const std::string base = (fs::path(config.study_dir) / "train_base.toml").string();
+  std::vector<std::string> args = {
+      "train", base,
+      "--set", "optim.variant=\"" + run.variant + "\"",
+      // %.17g: the exact double, so the trainer sees the grid value bit for bit.
+      "--set", fmt::format("optim.lr_matrix={:.17g}", run.lr),
+      "--set", fmt::format("run.seed={}", run.seed),
+      "--threads", std::to_string(threads),
+      "--run-dir", run.dir, "--quiet"};
+  const auto extra = config.overrides.find(run.variant);
+  if (extra != config.overrides.end()) {
+    // Before --run-dir: the grid point's own keys above stay as given.
+    std::vector<std::string> sets;
+    for (const auto& s : extra->second) {
+      sets.push_back("--set");
+      sets.push_back(s);
+    }
+    args.insert(args.begin() + 2, sets.begin(), sets.end());
+  }
+  if (resume) args.push_back("--resume");
+  return args;
+}
+
+std::string self_executable() {
+  std::error_code ec;
+  const fs::path p = fs::read_symlink("/proc/self/exe", ec);
+  TORCH_CHECK(!ec, "cannot resolve /proc/self/exe: ", ec.message());
+  return p.string();
+}
+
+namespace {
+
+// ---- signals: forwarded to the running children ------------------------------------
+
+// The PIDs of running children, in fixed slots so the signal handler can read
+// them without a lock (kill(2) is async-signal-safe).
+constexpr size_t kChildSlots = 1024;
+std::atomic<pid_t> g_children[kChildSlots];
+std::atomic<int> g_study_stop{0};
+std::atomic<bool> g_forwarding{false};  // run_study handles signals now
+
+void forward_to_children(int sig) {
+  for (auto& slot : g_children) {
+    const pid_t pid = slot.load();
+    if (pid > 0) ::kill(pid, sig);
+  }
+}
+
+extern "C" void on_study_signal(int sig) {
+  const bool second = g_study_stop.exchange(sig) != 0;
+  forward_to_children(sig);
+  if (second) {
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+  }
+}
+
+size_t register_child(pid_t pid) {
+  for (size_t i = 0; i < kChildSlots; ++i) {
+    pid_t empty = 0;
+    if (g_children[i].compare_exchange_strong(empty, pid)) return i;
+  }
+  return kChildSlots;  // more children than slots: not forwarded (workers are far fewer)
+}
+
+// The file posix_spawnp would run: `name` itself when it has a '/', else the
+// first executable PATH entry (resolved before fork: the child may only make
+// async-signal-safe calls).
+std::string resolve_executable(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "/usr/local/bin:/usr/bin:/bin");
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return name;  // execve fails with ENOENT, reported by the caller
+}
+
+}  // namespace
+
+Launcher subprocess_launcher(std::string executable) {
+  return [executable](const LaunchRequest& req) -> int {
+    std::vector<std::string> argv_s;
+    argv_s.push_back(executable);
+    argv_s.insert(argv_s.end(), req.args.begin(), req.args.end());
+    std::vector<char*> argv;
+    for (auto& s : argv_s) argv.push_back(s.data());
+    argv.push_back(nullptr);
+
+    // The child's thread pools (OpenMP, OpenBLAS) get the run's share of the threads too, so
+    // parallel workers do not oversubscribe the cores.
+    std::vector<std::string> env_s;
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string var(*e);
+      if (req.threads > 0 && (var.rfind("OMP_NUM_THREADS=", 0) == 0 ||
+                              var.rfind("OPENBLAS_NUM_THREADS=", 0) == 0))
+        continue;
+      env_s.push_back(var);
+    }
+    if (req.threads > 0) {
+      env_s.push_back("OMP_NUM_THREADS=" + std::to_string(req.threads));
+      env_s.push_back("OPENBLAS_NUM_THREADS=" + std::to_string(req.threads));
+    }
+    std::vector<char*> envp;
+    for (auto& e : env_s) envp.push_back(e.data());
+    envp.push_back(nullptr);
+
+    // fork + execve rather than posix_spawn, for PR_SET_PDEATHSIG: a study killed
+    // by SIGKILL must not leave its runs going on beside a rerun. The signal is
+    // sent when the forking thread ends; it is the worker that waits for this
+    // child, so it outlives it. A CLOEXEC pipe reports an exec failure.
+    const std::string path = resolve_executable(executable);
+    int pipe_fds[2];
+    TORCH_CHECK(::pipe2(pipe_fds, O_CLOEXEC) == 0, "cannot start '", executable, "' for run ",
+                req.run.name, ": pipe: ", std::strerror(errno));
+    const pid_t parent = ::getpid();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      // Child: async-signal-safe calls only.
+      int err = 0;
+      if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) ::_exit(127);
+      // Its own process group: a Ctrl-C at the terminal reaches the study only,
+      // which forwards it once (a run that got it twice would exit at once,
+      // without its checkpoint).
+      ::setpgid(0, 0);
+      if (!req.log_path.empty()) {
+        const int fd = ::open(req.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd < 0 || ::dup2(fd, 1) < 0 || ::dup2(1, 2) < 0) err = errno;
+        if (fd > 2) ::close(fd);
+      }
+      // The study's handlers are reset by execve; its blocked set is not.
+      sigset_t none;
+      sigemptyset(&none);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      if (err == 0) {
+        ::execve(path.c_str(), argv.data(), envp.data());
+        err = errno;
+      }
+      const ssize_t ignored = ::write(pipe_fds[1], &err, sizeof(err));
+      (void)ignored;
+      ::_exit(127);
+    }
+    const int fork_err = errno;
+    ::close(pipe_fds[1]);
+    if (pid < 0) {
+      ::close(pipe_fds[0]);
+      TORCH_CHECK(false, "cannot start '", executable, "' for run ", req.run.name, ": fork: ",
+                  std::strerror(fork_err));
+    }
+    const size_t slot = register_child(pid);
+    // A stop signal that came between the worker's check and the registration.
+    if (g_forwarding.load() && g_study_stop.load() != 0) ::kill(pid, g_study_stop.load());
+    int exec_err = 0;
+    ssize_t n;
+    while ((n = ::read(pipe_fds[0], &exec_err, sizeof(exec_err))) < 0 && errno == EINTR) {
+    }
+    ::close(pipe_fds[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+      if (errno != EINTR) {
+        if (slot < kChildSlots) g_children[slot] = 0;
+        TORCH_CHECK(false, "waitpid failed for run ", req.run.name, ": ", std::strerror(errno));
+      }
+    }
+    if (slot < kChildSlots) g_children[slot] = 0;
+    TORCH_CHECK(n <= 0, "cannot start '", executable, "' for run ", req.run.name, ": ",
+                std::strerror(exec_err));
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return 255;
+  };
+}
+
+namespace {
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  const auto t = static_cast<int64_t>(std::llround(s));
+  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t % 3600) / 60);
+  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+}  // namespace
+
+StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  StudyOutcome outcome;
+
+  fs::create_directories(fs::path(config.study_dir) / "runs");
+  {
+    const fs::path base = fs::path(config.study_dir) / "train_base.toml";
+    std::ofstream f(base);
+    TORCH_CHECK(f.good(), "cannot write ", base.string());
+    f << "# Base train config of study '" << config.name << "' (from " << config.config_path
+      << ").\n# Each run adds --set optim.variant, optim.lr_matrix, run.seed, run.threads.\n"
+      << config.train_config_toml;
+  }
+
+  const auto plan = plan_study(config);
+  outcome.total = static_cast<int64_t>(plan.size());
+  struct PendingRun {
+    StudyRun run;
+    bool resume;
+  };
+  std::vector<PendingRun> pending;
+  for (const auto& r : plan) {
+    const RunState s = run_state(r.dir);
+    if (s == RunState::kFinished) {
+      ++outcome.skipped;
+    } else {
+      pending.push_back({r, s == RunState::kPartial});
+    }
+  }
+
+  const int64_t workers = std::max<int64_t>(
+      1, std::min<int64_t>(options.workers > 0 ? options.workers : config.workers,
+                           std::max<size_t>(pending.size(), 1)));
+  const int64_t total_threads =
+      config.threads > 0 ? config.threads
+                         : std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  const int64_t threads = std::max<int64_t>(1, total_threads / workers);
+
+  Launcher launcher = options.launcher;
+  if (!launcher)
+    launcher = subprocess_launcher(options.executable.empty() ? self_executable() : options.executable);
+
+  std::mutex mu;
+  if (options.progress) {
+    int64_t resumes = 0;
+    for (const auto& t : pending) resumes += t.resume;
+    *options.progress << fmt::format(
+        "study {}: {} runs ({} finished, {} to resume, {} to start); {} worker(s) x {} thread(s); "
+        "dir {}\n",
+        config.name, plan.size(), outcome.skipped, resumes, pending.size() - resumes, workers, threads,
+        config.study_dir)
+                      << std::flush;
+  }
+
+  // SIGINT/SIGTERM: forwarded to the children, no new launches (see study.h).
+  struct StudySignals {
+    detail::ScopedStopHandler handler;
+    // The flags are set before the handler is installed.
+    explicit StudySignals(bool on)
+        : handler((g_study_stop = 0, g_forwarding = on, on), on_study_signal) {}
+    ~StudySignals() { g_forwarding = false; }
+    int received() const { return handler.on() ? g_study_stop.load() : 0; }
+  } signals(options.handle_signals);
+
+  std::atomic<size_t> next{0};
+  int64_t done = 0;
+  auto work = [&]() {
+    for (size_t i = next++; i < pending.size() && signals.received() == 0; i = next++) {
+      const PendingRun& t = pending[i];
+      // Without --resume the trainer replaces whatever an interrupted run left there.
+      fs::create_directories(t.run.dir);
+      LaunchRequest req;
+      req.run = t.run;
+      req.resume = t.resume;
+      req.threads = threads;
+      req.args = train_arguments(config, t.run, t.resume, threads);
+      req.log_path = (fs::path(t.run.dir) / "train.log").string();
+      const auto t0 = Clock::now();
+      int rc = 0;
+      std::string launch_error;
+      try {
+        rc = launcher(req);
+      } catch (const std::exception& e) {
+        rc = -1;
+        launch_error = e.what();
+      }
+      const double run_s = std::chrono::duration<double>(Clock::now() - t0).count();
+      const bool finished = run_state(t.run.dir) == RunState::kFinished;
+
+      std::string what;
+      if (finished) {
+        try {
+          const RunResult res = read_run_result(t.run);
+          what = res.status == RunStatus::kDiverged
+                     ? "diverged"
+                     : fmt::format("val {:.4f}", res.final_val_loss);
+        } catch (const std::exception& e) {
+          what = "unreadable summary.json";
+        }
+      } else {
+        what = launch_error.empty()
+                   ? fmt::format("FAILED (exit {}, see {})", rc, req.log_path)
+                   : "FAILED (" + launch_error + ")";
+      }
+      const int sig = signals.received();
+      const bool interrupted = !finished && sig != 0 &&
+                               (rc == kExitInterrupted || rc == 128 + SIGINT || rc == 128 + SIGTERM);
+      if (interrupted) what = fmt::format("interrupted (exit {}); rerun to resume", rc);
+      std::lock_guard<std::mutex> lock(mu);
+      if (t.resume) ++outcome.resumed; else ++outcome.launched;
+      if (interrupted) {
+        outcome.interrupted.push_back(t.run.name);
+      } else if (!finished) {
+        outcome.failed.push_back(t.run.name);
+      }
+      ++done;
+      if (options.progress) {
+        const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+        const double eta = elapsed / done * static_cast<double>(pending.size() - done);
+        *options.progress << fmt::format("[{}/{}] {} {} ({}){}\n", outcome.skipped + done,
+                                         plan.size(), t.run.name, what, format_duration(run_s),
+                                         done < static_cast<int64_t>(pending.size())
+                                             ? "  ETA " + format_duration(eta)
+                                             : "")
+                          << std::flush;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int64_t w = 0; w < workers; ++w) pool.emplace_back(work);
+  for (auto& th : pool) th.join();
+
+  outcome.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  outcome.stop_signal = signals.received();
+  std::sort(outcome.failed.begin(), outcome.failed.end());
+  std::sort(outcome.interrupted.begin(), outcome.interrupted.end());
+  return outcome;
+}
+
+// --------------------------------------------------------------- results ---
+
+namespace {
+
+double json_loss(const nlohmann::json& j, const char* key, const std::string& file) {
+  if (!j.contains(key) || j[key].is_null()) return std::numeric_limits<double>::infinity();
+  const auto& v = j[key];
+  if (v.is_number()) return v.get<double>();
+  if (v.is_string()) {
+    std::string s = v.get<std::string>();
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (s == "inf" || s == "+inf" || s == "infinity" || s == "nan")
+      return std::numeric_limits<double>::infinity();
+  }
+  TORCH_CHECK(false, file, ": '", key, "' must be a number, \"inf\" or null, got ", v.dump());
+}
+
+}  // namespace
+
+RunResult read_run_result(const StudyRun& run) {
+  RunResult r;
+  r.run = run;
+  const fs::path file = fs::path(run.dir) / "summary.json";
+  if (!fs::exists(file)) return r;
+  nlohmann::json j;
+  try {
+    std::ifstream in(file);
+    j = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "malformed run summary ", file.string(), ": ", e.what());
+  }
+  TORCH_CHECK(j.is_object(), "malformed run summary ", file.string(), ": not a JSON object");
+  const std::string status = j.value("status", std::string("finished"));
+  const bool diverged_flag = j.contains("diverged") && j["diverged"].is_boolean() && j["diverged"].get<bool>();
+  r.final_val_loss = json_loss(j, "final_val_loss", file.string());
+  r.best_val_loss = j.contains("best_val_loss") ? json_loss(j, "best_val_loss", file.string())
+                                                 : r.final_val_loss;
+  const bool diverged = diverged_flag || status == "diverged" || !std::isfinite(r.final_val_loss);
+  r.status = diverged ? RunStatus::kDiverged : RunStatus::kFinished;
+  if (diverged) r.final_val_loss = std::numeric_limits<double>::infinity();
+  auto num = [&](const char* key) {
+    return j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
+  };
+  r.steps_done = static_cast<int64_t>(num("steps_done"));
+  if (num("tokens_per_s") > 0) {
+    r.throughput = num("tokens_per_s");
+    r.throughput_unit = "tokens/s";
+  } else if (num("samples_per_s") > 0) {
+    r.throughput = num("samples_per_s");
+    r.throughput_unit = "samples/s";
+  }
+  r.spectral_share = num("spectral_share");
+  r.wall_s = num("wall_s");
+  return r;
+}
+
+std::vector<RunResult> collect_results(const StudyConfig& config) {
+  std::vector<RunResult> out;
+  for (const auto& run : plan_study(config)) out.push_back(read_run_result(run));
+  return out;
+}
+
+}  // namespace specopt

@@ -1,0 +1,447 @@
+// TrainConfig ↔ TOML. One field list (visit_fields) drives reading, writing,
+// overrides, key listing and comparison, so a new key is one line there.
+#include "specopt/train/config.h"
+
+#include "specopt/core/spectral.h"
+#include "specopt/train/trainer.h"
+#include "specopt/core/update_rules.h"
+#include "specopt/core/variants.h"
+
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <cmath>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+namespace specopt {
+
+namespace {
+
+// The sane ranges of sizes and counts (validate(); docs/training.md lists them).
+constexpr int64_t kMaxThreads = 4096;
+constexpr int64_t kMaxLayers = 256;         // model.n_layer, entries of model.hidden
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxWidth = 65536;        // model.n_embd, model.hidden[i], model.fc_hidden
+constexpr int64_t kMaxChannels = 4096;      // model.channels[i]
+constexpr int64_t kMaxBlockSize = 1 << 20;  // tokens per sequence
+constexpr int64_t kMaxVocab = 1 << 20;      // data.vocab_size (bin tokens are uint16: 65536)
+constexpr int64_t kMaxRowBlocks = 1024;
+constexpr int64_t kMaxNsSteps = 1000;       // Newton–Schulz / Newton iterations per transform
+constexpr int64_t kMaxSteps = 10000000000;  // 1e10: steps and step intervals
+constexpr int64_t kMaxBatch = 1 << 24;      // examples per step
+constexpr double kMaxFloat32 = 3.4028234663852886e38;    // FLT_MAX
+constexpr double kMinNormalFloat32 = 1.1754943508222875e-38;  // FLT_MIN
+
+// Calls v("table.key", member) for every field, in the order of config.h.
+// Templated on the config's constness so readers and writers share it.
+template <class Config, class Visitor>
+void visit_fields(Config& c, Visitor&& v) {
+  v("run.seed", c.run.seed);
+  v("run.device", c.run.device);
+  v("run.threads", c.run.threads);
+  v("run.run_dir", c.run.run_dir);
+
+  v("model.kind", c.model.kind);
+  v("model.n_layer", c.model.n_layer);
+  v("model.n_head", c.model.n_head);
+  v("model.n_embd", c.model.n_embd);
+  v("model.block_size", c.model.block_size);
+  v("model.qk_norm", c.model.qk_norm);
+  v("model.dropout", c.model.dropout);
+  v("model.hidden", c.model.hidden);
+  v("model.channels", c.model.channels);
+  v("model.fc_hidden", c.model.fc_hidden);
+
+  v("data.kind", c.data.kind);
+  v("data.path", c.data.path);
+  v("data.cache_dir", c.data.cache_dir);
+  v("data.vocab_size", c.data.vocab_size);
+  v("data.val_fraction", c.data.val_fraction);
+  v("data.train_limit", c.data.train_limit);
+  v("data.val_limit", c.data.val_limit);
+
+  v("optim.variant", c.optim.variant);
+  v("optim.lr_matrix", c.optim.lr_matrix);
+  v("optim.lr_vector", c.optim.lr_vector);
+  v("optim.weight_decay_matrix", c.optim.weight_decay_matrix);
+  v("optim.weight_decay_vector", c.optim.weight_decay_vector);
+  v("optim.beta1", c.optim.beta1);
+  v("optim.beta2", c.optim.beta2);
+  v("optim.eps", c.optim.eps);
+  v("optim.momentum", c.optim.momentum);
+  v("optim.nesterov", c.optim.nesterov);
+  v("optim.method", c.optim.method);
+  v("optim.scale", c.optim.scale);
+  v("optim.split_rows", c.optim.split_rows);
+  v("optim.split_rows_by_shape", c.optim.split_rows_by_shape);
+  v("optim.split_rows_blocks", c.optim.split_rows_blocks);
+  v("optim.spectral_tol", c.optim.spectral_tol);
+  v("optim.newton_lower", c.optim.newton_lower);
+  v("optim.ns_steps", c.optim.ns_steps);
+  v("optim.p_schedule", c.optim.p_schedule);
+
+  v("train.steps", c.train.steps);
+  v("train.batch_size", c.train.batch_size);
+  v("train.grad_accum", c.train.grad_accum);
+  v("train.warmup_steps", c.train.warmup_steps);
+  v("train.lr_schedule", c.train.lr_schedule);
+  v("train.min_lr_ratio", c.train.min_lr_ratio);
+  v("train.min_lr", c.train.min_lr);
+  v("train.grad_clip", c.train.grad_clip);
+  v("train.eval_every", c.train.eval_every);
+  v("train.eval_batches", c.train.eval_batches);
+  v("train.log_every", c.train.log_every);
+  v("train.checkpoint_every", c.train.checkpoint_every);
+}
+
+std::string describe(const toml::node& node) {
+  std::ostringstream os;
+  node.visit([&](const auto& x) { os << x; });
+  return os.str();
+}
+
+// ---- TOML node → typed field -------------------------------------------------
+
+void read_node(const toml::node& n, int64_t& out, const std::string& key) {
+  auto v = n.value_exact<int64_t>();
+  TORCH_CHECK(v.has_value(), "config key '", key, "': expected an integer, got ", describe(n));
+  out = *v;
+}
+void read_node(const toml::node& n, double& out, const std::string& key) {
+  TORCH_CHECK(n.is_number(), "config key '", key, "': expected a number, got ", describe(n));
+  if (const auto* f = n.as_floating_point()) {
+    out = f->get();
+    return;
+  }
+  // An integer is taken only when a double holds it exactly (|i| ≤ 2^53, or a
+  // larger multiple of a power of two): 9007199254740993 is an error, not
+  // 9007199254740992. 2^63 itself is out of int64 range, so the round trip is
+  // checked below it.
+  const int64_t i = n.as_integer()->get();
+  const double d = static_cast<double>(i);
+  TORCH_CHECK(d < 9223372036854775808.0 && static_cast<int64_t>(d) == i, "config key '", key,
+              "': the integer ", i, " has no exact double value (the nearest is ", fmt::format("{:.17g}", d),
+              "); write the value meant as a float");
+  out = d;
+}
+void read_node(const toml::node& n, bool& out, const std::string& key) {
+  auto v = n.value_exact<bool>();
+  TORCH_CHECK(v.has_value(), "config key '", key, "': expected true or false, got ", describe(n));
+  out = *v;
+}
+void read_node(const toml::node& n, std::string& out, const std::string& key) {
+  auto v = n.value_exact<std::string>();
+  TORCH_CHECK(v.has_value(), "config key '", key, "': expected a string, got ", describe(n));
+  out = *v;
+}
+template <class T>
+void read_node(const toml::node& n, std::vector<T>& out, const std::string& key) {
+  const toml::array* arr = n.as_array();
+  TORCH_CHECK(arr != nullptr, "config key '", key, "': expected an array, got ", describe(n));
+  std::vector<T> values(arr->size());
+  for (size_t i = 0; i < arr->size(); ++i)
+    read_node(*arr->get(i), values[i], key + "[" + std::to_string(i) + "]");
+  out = std::move(values);
+}
+
+// ---- typed field → TOML node -------------------------------------------------
+
+template <class T>
+void insert_value(toml::table& table, const std::string& name, const T& value) {
+  table.insert_or_assign(name, value);
+}
+template <class T>
+void insert_value(toml::table& table, const std::string& name, const std::vector<T>& values) {
+  toml::array arr;
+  for (const auto& v : values) arr.push_back(v);
+  table.insert_or_assign(name, std::move(arr));
+}
+
+// ---- override parsing --------------------------------------------------------
+
+// The value text as a TOML node, or nullptr when it is not a TOML value.
+std::optional<toml::table> parse_value(const std::string& text) {
+  try {
+    return toml::parse(std::string_view("v = " + text), std::string_view("--set"));
+  } catch (const toml::parse_error&) {
+    return std::nullopt;
+  }
+}
+
+template <class T>
+void read_text(const std::string& text, T& out, const std::string& key) {
+  auto doc = parse_value(text);
+  TORCH_CHECK(doc.has_value(), "bad value for config key '", key, "': '", text,
+              "' is not a valid value");
+  read_node(*doc->get("v"), out, key);
+}
+void read_text(const std::string& text, std::string& out, const std::string& key) {
+  // A quoted TOML string, or else the raw text (so --set run.device=cuda works).
+  auto doc = parse_value(text);
+  if (doc && doc->get("v")->is_string()) {
+    out = *doc->get("v")->value<std::string>();
+  } else {
+    out = text;
+  }
+}
+void read_text(const std::string& text, std::vector<std::string>& out, const std::string& key) {
+  auto doc = parse_value(text);
+  if (doc && doc->get("v")->is_array()) {
+    read_node(*doc->get("v"), out, key);
+    return;
+  }
+  // "a,b,c" → ["a", "b", "c"]; "" → [].
+  out.clear();
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+}
+
+bool has_key(const std::string& key) {
+  bool found = false;
+  TrainConfig probe;
+  visit_fields(probe, [&](const std::string& k, auto&) { found = found || k == key; });
+  return found;
+}
+
+std::string keys_of_table(const std::string& table) {
+  std::string out;
+  for (const auto& k : config_keys())
+    if (k.compare(0, table.size() + 1, table + ".") == 0) out += (out.empty() ? "" : ", ") + k;
+  return out;
+}
+
+std::string section_of(const std::string& key) { return key.substr(0, key.find('.')); }
+
+toml::table to_table(const TrainConfig& config) {
+  toml::table root;
+  visit_fields(config, [&](const std::string& key, const auto& value) {
+    const std::string section = section_of(key);
+    if (!root.contains(section)) root.insert(section, toml::table{});
+    insert_value(*root.get_as<toml::table>(section), key.substr(section.size() + 1), value);
+  });
+  return root;
+}
+
+}  // namespace
+
+std::vector<std::string> config_keys() {
+  std::vector<std::string> keys;
+  TrainConfig probe;
+  visit_fields(probe, [&](const std::string& k, auto&) { keys.push_back(k); });
+  return keys;
+}
+
+void apply_toml(TrainConfig& config, const std::string& text, const std::string& origin) {
+  toml::table root;
+  try {
+    root = toml::parse(std::string_view(text), std::string_view(origin));
+  } catch (const toml::parse_error& e) {
+    TORCH_CHECK(false, "cannot parse config ", origin, " (line ", e.source().begin.line,
+                ", column ", e.source().begin.column, "): ", e.description());
+  }
+  for (const auto& [section_name, section_node] : root) {
+    const std::string section(section_name.str());
+    TORCH_CHECK(section_node.is_table(), "config ", origin, ": '", section,
+                "' must be a table ([run], [model], [data], [optim], [train]), got ",
+                describe(section_node));
+    TORCH_CHECK(!keys_of_table(section).empty(), "config ", origin, ": unknown table [", section,
+                "] (valid: [run], [model], [data], [optim], [train])");
+    for (const auto& [name, node] : *section_node.as_table()) {
+      const std::string key = section + "." + std::string(name.str());
+      TORCH_CHECK(has_key(key), "config ", origin, ": unknown key '", key, "' (valid keys: ",
+                  keys_of_table(section), ")");
+      visit_fields(config, [&, &node = node](const std::string& k, auto& field) {
+        if (k == key) read_node(node, field, key);
+      });
+    }
+  }
+}
+
+void apply_override(TrainConfig& config, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  TORCH_CHECK(eq != std::string::npos, "override '", assignment, "' must have the form table.key=value");
+  std::string key = assignment.substr(0, eq);
+  while (!key.empty() && key.back() == ' ') key.pop_back();
+  while (!key.empty() && key.front() == ' ') key.erase(key.begin());
+  std::string value = assignment.substr(eq + 1);
+  TORCH_CHECK(has_key(key), "unknown config key '", key, "' in override '", assignment,
+              "'", keys_of_table(section_of(key)).empty()
+                       ? std::string(" (tables: run, model, data, optim, train)")
+                       : " (valid keys: " + keys_of_table(section_of(key)) + ")");
+  visit_fields(config, [&](const std::string& k, auto& field) {
+    if (k == key) read_text(value, field, key);
+  });
+}
+
+TrainConfig config_from_toml_string(const std::string& text, const std::string& origin) {
+  TrainConfig config;
+  apply_toml(config, text, origin);
+  config.validate();
+  return config;
+}
+
+TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  TrainConfig config;
+  if (!path.empty()) {
+    std::ifstream in(path, std::ios::binary);
+    TORCH_CHECK(in.good(), "cannot open config file '", path, "'");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    apply_toml(config, ss.str(), path);
+  }
+  for (const auto& o : overrides) apply_override(config, o);
+  config.validate();
+  return config;
+}
+
+std::string config_to_toml(const TrainConfig& config) {
+  std::ostringstream os;
+  os << "# specopt train config (resolved: defaults + file + overrides)\n";
+  const toml::table root = to_table(config);
+  // Sections in declaration order (toml::table iterates alphabetically).
+  for (const char* section : {"run", "model", "data", "optim", "train"}) {
+    os << "\n[" << section << "]\n";
+    for (const auto& key : config_keys()) {
+      if (section_of(key) != section) continue;
+      const std::string name = key.substr(key.find('.') + 1);
+      os << name << " = " << describe(*root.get_as<toml::table>(section)->get(name)) << "\n";
+    }
+  }
+  return os.str();
+}
+
+std::vector<std::string> config_differences(const TrainConfig& a, const TrainConfig& b) {
+  const toml::table ta = to_table(a), tb = to_table(b);
+  std::vector<std::string> diff;
+  for (const auto& key : config_keys()) {
+    const std::string section = section_of(key), name = key.substr(section.size() + 1);
+    if (describe(*ta.get_as<toml::table>(section)->get(name)) !=
+        describe(*tb.get_as<toml::table>(section)->get(name)))
+      diff.push_back(key);
+  }
+  return diff;
+}
+
+// ---- validation ------------------------------------------------------------
+
+void TrainConfig::validate() const {
+  auto one_of = [](const std::string& key, const std::string& value,
+                   std::initializer_list<const char*> allowed) {
+    std::string list;
+    for (const char* a : allowed) {
+      if (value == a) return;
+      list += (list.empty() ? "" : ", ") + std::string(a);
+    }
+    TORCH_CHECK(false, "config key '", key, "': unknown value '", value, "' (valid: ", list, ")");
+  };
+  auto non_negative = [](const std::string& key, auto v) {
+    TORCH_CHECK(v >= 0, "config key '", key, "' must be >= 0, got ", v);
+  };
+  // Sizes and counts: checked against a sane range before anything is
+  // allocated or looped over (the ranges are listed in docs/training.md).
+  auto in_range = [](const std::string& key, int64_t v, int64_t lo, int64_t hi) {
+    TORCH_CHECK(v >= lo && v <= hi, "config key '", key, "' must lie in [", lo, ", ", hi, "], got ", v);
+  };
+  // Real values must be finite in float32, the compute dtype of the models
+  // (a larger value cannot even be handed to the optimizer's float math).
+  auto float_range = [](const std::string& key, double v, double lo) {
+    TORCH_CHECK(std::isfinite(v) && v >= lo && v <= kMaxFloat32, "config key '", key, "' must lie in [",
+                lo, ", ", kMaxFloat32, "] (finite in float32), got ", v);
+  };
+  // Re-throw a domain parser's error with the key in front.
+  auto with_key = [](const std::string& key, auto&& parse) {
+    try {
+      parse();
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "config key '", key, "': ", e.what_without_backtrace());
+    }
+  };
+
+  TORCH_CHECK(run.device == "cpu" || run.device == "cuda" || run.device.rfind("cuda:", 0) == 0,
+              "config key 'run.device': unknown device '", run.device,
+              "' (valid: cpu, cuda, cuda:N)");
+  in_range("run.threads", run.threads, 0, kMaxThreads);
+
+  one_of("model.kind", model.kind, {"gpt", "mlp", "cnn"});
+  in_range("model.n_layer", model.n_layer, 1, kMaxLayers);
+  in_range("model.n_head", model.n_head, 1, kMaxHeads);
+  in_range("model.n_embd", model.n_embd, 1, kMaxWidth);
+  in_range("model.block_size", model.block_size, 1, kMaxBlockSize);
+  TORCH_CHECK(model.n_embd % model.n_head == 0, "config key 'model.n_embd' (", model.n_embd,
+              ") must be divisible by model.n_head (", model.n_head, ")");
+  TORCH_CHECK(model.dropout >= 0 && model.dropout < 1, "config key 'model.dropout' must lie in [0, 1), got ",
+              model.dropout);
+  TORCH_CHECK(model.hidden.size() <= static_cast<size_t>(kMaxLayers), "config key 'model.hidden' must list at most ",
+              kMaxLayers, " widths, got ", model.hidden.size());
+  for (auto h : model.hidden) in_range("model.hidden", h, 1, kMaxWidth);
+  for (auto c : model.channels) in_range("model.channels", c, 1, kMaxChannels);
+  TORCH_CHECK(model.channels.size() == 2, "config key 'model.channels' must list 2 widths (conv1, conv2), got ",
+              model.channels.size());
+  in_range("model.fc_hidden", model.fc_hidden, 1, kMaxWidth);
+
+  one_of("data.kind", data.kind, {"kjv", "text", "bin", "fashion_mnist"});
+  TORCH_CHECK((data.kind != "text" && data.kind != "bin") || !data.path.empty(),
+              "config key 'data.path' must name a ", data.kind == "text" ? "text file" : "directory",
+              " when data.kind = \"", data.kind, "\"");
+  TORCH_CHECK(data.val_fraction > 0 && data.val_fraction < 1,
+              "config key 'data.val_fraction' must lie in (0, 1), got ", data.val_fraction);
+  in_range("data.vocab_size", data.vocab_size, 0, kMaxVocab);
+  non_negative("data.train_limit", data.train_limit);
+  non_negative("data.val_limit", data.val_limit);
+  const bool image_data = data.kind == "fashion_mnist";
+  const bool image_model = model.kind != "gpt";
+  TORCH_CHECK(image_data == image_model, "config keys 'model.kind' = \"", model.kind,
+              "\" and 'data.kind' = \"", data.kind,
+              "\" do not fit: gpt trains on token data (kjv, text, bin), mlp/cnn on fashion_mnist");
+
+  with_key("optim.variant", [&] { parse_variant(optim.variant); });
+  with_key("optim.method", [&] { parse_method(optim.method); });
+  with_key("optim.scale", [&] { parse_scale_mode(optim.scale); });
+  with_key("optim.p_schedule", [&] { PSchedule::parse(optim.p_schedule); });
+  float_range("optim.lr_matrix", optim.lr_matrix, 0.0);
+  float_range("optim.lr_vector", optim.lr_vector, 0.0);
+  float_range("optim.weight_decay_matrix", optim.weight_decay_matrix, 0.0);
+  float_range("optim.weight_decay_vector", optim.weight_decay_vector, 0.0);
+  TORCH_CHECK(optim.beta1 >= 0 && optim.beta1 < 1, "config key 'optim.beta1' must lie in [0, 1), got ",
+              optim.beta1);
+  TORCH_CHECK(optim.beta2 >= 0 && optim.beta2 < 1, "config key 'optim.beta2' must lie in [0, 1), got ",
+              optim.beta2);
+  // eps below the smallest normal float32 rounds to 0 (or a denormal, flushed
+  // to 0 on many CPUs/GPUs): m/(√v + 0) is 0/0 = NaN where v = 0.
+  TORCH_CHECK(optim.eps >= kMinNormalFloat32 && optim.eps <= 1.0, "config key 'optim.eps' must lie in [",
+              kMinNormalFloat32, ", 1] (non-zero in float32, the compute dtype), got ", optim.eps);
+  TORCH_CHECK(optim.momentum >= 0 && optim.momentum < 1,
+              "config key 'optim.momentum' must lie in [0, 1), got ", optim.momentum);
+  in_range("optim.split_rows_blocks", optim.split_rows_blocks, 1, kMaxRowBlocks);
+  TORCH_CHECK(optim.spectral_tol > 0 && optim.spectral_tol <= 1, "config key 'optim.spectral_tol' must lie in (0, 1], got ",
+              optim.spectral_tol);
+  TORCH_CHECK(optim.newton_lower > 0 && optim.newton_lower <= 1,
+              "config key 'optim.newton_lower' must lie in (0, 1], got ", optim.newton_lower);
+  in_range("optim.ns_steps", optim.ns_steps, 1, kMaxNsSteps);
+
+  in_range("train.steps", train.steps, 1, kMaxSteps);
+  in_range("train.batch_size", train.batch_size, 1, kMaxBatch);
+  in_range("train.grad_accum", train.grad_accum, 1, kMaxBatch);
+  TORCH_CHECK(train.batch_size % train.grad_accum == 0, "config key 'train.batch_size' (",
+              train.batch_size, ") must be divisible by train.grad_accum (", train.grad_accum, ")");
+  in_range("train.warmup_steps", train.warmup_steps, 0, kMaxSteps);
+  one_of("train.lr_schedule", train.lr_schedule, {"cosine", "linear", "constant"});
+  TORCH_CHECK(train.min_lr_ratio >= 0 && train.min_lr_ratio <= 1,
+              "config key 'train.min_lr_ratio' must lie in [0, 1], got ", train.min_lr_ratio);
+  float_range("train.min_lr", train.min_lr, 0.0);
+  TORCH_CHECK(train.min_lr <= std::min(optim.lr_matrix, optim.lr_vector),
+              "config key 'train.min_lr' (", train.min_lr, ") must not exceed optim.lr_matrix (",
+              optim.lr_matrix, ") or optim.lr_vector (", optim.lr_vector, ")");
+  float_range("train.grad_clip", train.grad_clip, 0.0);
+  in_range("train.eval_every", train.eval_every, 1, kMaxSteps);
+  in_range("train.eval_batches", train.eval_batches, 0, kMaxSteps);
+  in_range("train.log_every", train.log_every, 1, kMaxSteps);
+  in_range("train.checkpoint_every", train.checkpoint_every, 0, kMaxSteps);
+}
+
+}  // namespace specopt
