@@ -44,6 +44,9 @@ at::Tensor paper_power(const at::Tensor& X, double p, SpectralInfo* info);
 // whose largest |entry| lies outside [2^-40, 2^40]), computes in `compute` on
 // the wide orientation and returns max(1, rows/cols)^½ Ψ_0(O) in O's dtype.
 at::Tensor paper_polar(const at::Tensor& O, at::ScalarType compute, SpectralInfo* info);
+// `paper` is not scale-invariant: the per-matrix scale s (largest |entry|,
+// non-zero) becomes 1 unless it lies outside [2^-40, 2^40].
+at::Tensor paper_rescale(const at::Tensor& s);
 
 // (a, b, c) of step `step` (0-based) of the quintic X ← aX + bX(XᵀX) + cX(XᵀX)²
 // for a coefficient set (Polar Express: cushioned, the last set repeats).

@@ -1,5 +1,6 @@
-// Ψ_p by iterations of matrix products: newton, newton_schulz, paper;
-// plus the shared dispatch (method resolution, orientation, scaling, dtype).
+// Ψ_p by iterations of matrix products: newton for p < 0, newton_schulz,
+// paper. The shared dispatch (method resolution, orientation, scaling, dtype,
+// input checks) is spectral.cpp's.
 //
 // Notation: every kernel receives a tall X (m ≥ n) and works on the n×n
 // Gram matrix A = XᵀX, using Ψ_p(X) = X A^{-r} with r = (1-p)/2 (eq. (1) of
@@ -315,18 +316,8 @@ at::Tensor paper_half(const at::Tensor& X, SpectralInfo* info) {
   return tall ? counted_matmul(X, Y2, info) : counted_matmul(Y2, X, info);
 }
 
-// s: per-matrix largest |entry| (NaN/Inf propagate into it).
-void check_finite_input(const at::Tensor& s, const at::Tensor& O, const SpectralOptions& o) {
-  if (o.check_finite()) {
-    TORCH_CHECK(at::isfinite(s).all().item<bool>(), "spectral_power: input contains NaN or Inf (shape ",
-                O.sizes(), ")");
-  }
-}
 
-void check_finite_result(const at::Tensor& Y, Method method, double p, const at::Tensor& O) {
-  TORCH_CHECK(at::isfinite(Y.abs().amax()).item<bool>(), "spectral_power: method '", method_name(method),
-              "' produced a non-finite result (p = ", p, ", shape ", O.sizes(), ")");
-}
+}  // namespace
 
 // `paper` is not scale-invariant (absolute terms 1e-6 in its ridge and 1e-7 in
 // its normalisation), so to reproduce it an input keeps its own scale: the
@@ -336,15 +327,6 @@ at::Tensor paper_rescale(const at::Tensor& s) {
   const double lo = std::ldexp(1.0, -40), hi = std::ldexp(1.0, 40);
   return at::where((s >= lo) & (s <= hi), at::ones_like(s), s);
 }
-
-Method resolve_auto(const at::Tensor& O, double p, const SpectralOptions& o) {
-  // Measured (bench/bench_transform, docs/transform.md): on CPU the LAPACK
-  // eigendecomposition of the Gram matrix beats every matmul iteration at
-  // all benchmark shapes. On accelerators matmul iterations win (newton).
-  return O.device().is_cpu() ? Method::kEigh : Method::kNewton;
-}
-
-}  // namespace
 
 // p < 0: the ε-regularised coupled inverse root X (A + ε λ_max I)^{-k/q}
 // (newton_root). ε bounds the condition number by 1/ε, where the coupled
@@ -399,88 +381,6 @@ at::Tensor paper_polar(const at::Tensor& O, at::ScalarType compute, SpectralInfo
   // Back to O's dtype, then the shape scale max(1, rows/cols)^½.
   return x.to(O.scalar_type(), /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous) *
          std::sqrt(std::max(1.0, static_cast<double>(rows) / static_cast<double>(cols)));
-}
-
-at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, SpectralInfo* info) {
-  const Method method = o.method() == Method::kAuto ? resolve_auto(O, p, o) : o.method();
-  info->method = method;
-  const auto in_dtype = O.scalar_type();
-  // Compute dtype: as requested; else the input's (bf16/half → float32), except
-  //  * newton_schulz and paper p = 0 run in bfloat16 as Muon does;
-  //  * eigh runs in float64 when tol < 1e-3: the float32 Gram matrix cannot
-  //    resolve eigenvalues below ~1e-7 λ_max (measured float32 errors on
-  //    cond-1e3 inputs: 7e-4 at p = ½, 2e-2 at p = 0).
-  at::ScalarType compute = in_dtype == at::kDouble ? at::kDouble : at::kFloat;
-  if (o.compute_dtype().has_value()) {
-    compute = *o.compute_dtype();
-  } else if (method == Method::kNewtonSchulz || (method == Method::kPaper && p == 0.0)) {
-    compute = at::kBFloat16;
-  } else if (method == Method::kEigh && o.tol() < 1e-3) {
-    compute = at::kDouble;
-  }
-  TORCH_CHECK_VALUE(at::isFloatingType(compute),
-              "spectral_power: compute_dtype must be a floating-point type, got ", compute);
-  if (method == Method::kPaper && p == 0.0) {
-    // The scheme's Ψ_0 has its own orientation (wide), normalisation (in O's
-    // dtype) and final shape scale, so it bypasses the tall path below.
-    at::Tensor s = O.abs().amax({-2, -1}, /*keepdim=*/true);
-    check_finite_input(s, O, o);
-    s = paper_rescale(at::where(s == 0, at::ones_like(s), s));  // Ψ_0(O/s) = Ψ_0(O) up to the 1e-7
-    const bool rescale = (s != 1).any().item<bool>();
-    const at::Tensor Y = paper_polar(rescale ? O / s : O, compute, info);
-    check_finite_result(Y, method, p, O);
-    return Y;
-  }
-  // Work on the tall orientation so the Gram matrix is the smaller one
-  // (paper_power follows the scheme's own rule for wide inputs).
-  const bool wide = O.size(-2) < O.size(-1) && method != Method::kPaper;
-  // Contiguous in the tall orientation: elementwise passes over a transposed
-  // view are several times slower on CPU.
-  at::Tensor X = (wide ? O.transpose(-2, -1) : O)
-                     .to(compute, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous);
-  const bool fresh = !X.is_alias_of(O);  // X is a private copy (may be scaled in place)
-  // Per-matrix largest |entry| (one cheap reduction, ~15x cheaper than
-  // isfinite().all() on CPU). NaN propagates through amax and Inf is Inf, so
-  // it doubles as the input check.
-  at::Tensor s = X.abs().amax({-2, -1}, /*keepdim=*/true);
-  check_finite_input(s, O, o);
-  // Scale each matrix so its largest |entry| is 1: keeps the Gram matrix
-  // finite for float32 inputs of magnitude 1e30 and normal for 1e-30.
-  // Ψ_p(sX) = s^p Ψ_p(X) undoes it. `paper` keeps the input's own scale
-  // (paper_rescale).
-  const at::Tensor zero = s == 0;
-  const bool any_zero = zero.any().item<bool>();
-  s = at::where(zero, at::ones_like(s), s);
-  if (method == Method::kPaper) s = paper_rescale(s);
-  X = fresh ? X.div_(s) : X / s;
-  at::Tensor Y;
-  switch (method) {
-    case Method::kSvd: Y = svd_power(X, p, o, in_dtype); break;
-    case Method::kEigh: Y = eigh_power(X, p, o, info, in_dtype); break;
-    case Method::kNewton: Y = newton_power(X, p, o, info); break;
-    case Method::kNewtonSchulz: Y = newton_schulz_power(X, p, o, info); break;
-    case Method::kPaper: Y = paper_power(X, p, info); break;
-    case Method::kAuto: TORCH_CHECK(false, "spectral_power: unresolved method auto");
-  }
-  // Undo the scaling (with the p actually computed: newton may approximate
-  // p); all-zero matrices give exact zeros whatever the kernel returned.
-  Y = Y * s.to(Y.scalar_type()).pow(info->p_effective);
-  if (any_zero) Y.masked_fill_(zero, 0);
-  // Zero rows / columns of O are zero rows / columns of Ψ_p(O) (they lie in
-  // the null spaces). newton keeps them exactly zero by construction; the
-  // exact methods' U f(Σ) Vᵀ products leave rounding there, so mask it
-  // (spectral.h, "Tiny singular values"). Two reductions of X, already read.
-  // `paper` is left as the published scheme computes it.
-  if (method != Method::kNewton && method != Method::kPaper) {
-    const at::Tensor zero_rows = X.abs().amax(-1, /*keepdim=*/true) == 0;
-    const at::Tensor zero_cols = X.abs().amax(-2, /*keepdim=*/true) == 0;
-    if ((zero_rows.any() | zero_cols.any()).item<bool>())
-      Y = Y.masked_fill(zero_rows | zero_cols, 0);
-  }
-  check_finite_result(Y, method, p, O);
-  if (wide) Y = Y.transpose(-2, -1);
-  // One pass for dtype and layout together.
-  return Y.to(in_dtype, /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous);
 }
 
 }  // namespace detail

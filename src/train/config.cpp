@@ -3,7 +3,7 @@
 #include "specopt/train/config.h"
 
 #include "specopt/core/spectral.h"
-#include "specopt/train/trainer.h"
+#include "specopt/train/schedule.h"
 #include "specopt/core/update_rules.h"
 #include "specopt/core/variants.h"
 

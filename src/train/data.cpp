@@ -1,12 +1,14 @@
-// Token streams, IDX image files, the KJV corpus and the deterministic
-// samplers. See include/specopt/train/data.h and docs/data.md.
+// Token streams (TokenDataset, .bin files, train/val splits) and their
+// sampler. The KJV corpus: kjv.cpp; IDX images: images.cpp. See
+// include/specopt/train/data.h and docs/data.md.
 #include "specopt/train/data.h"
+
+#include "train/data_files.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
-#include <zlib.h>
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -28,6 +30,9 @@
 namespace specopt {
 
 namespace fs = std::filesystem;
+using detail::check_exists;
+using detail::read_plain;
+using detail::sampler_generator;
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -36,118 +41,7 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// ---------------------------------------------------------------- mapped files
-
-namespace detail {
-
-// A whole file mapped read-only (PROT_READ, MAP_SHARED): its pages are the
-// page cache's, loaded on first touch and dropped by the kernel under memory
-// pressure, so a mapped dataset never holds a private copy of the file.
-struct MappedFile {
-  std::string path;
-  const uint8_t* data = nullptr;
-  size_t bytes = 0;
-
-  explicit MappedFile(std::string file_path) : path(std::move(file_path)) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    TORCH_CHECK(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      TORCH_CHECK(false, "cannot stat '", path, "': ", std::strerror(err));
-    }
-    bytes = static_cast<size_t>(st.st_size);
-    if (bytes == 0) {  // mmap of 0 bytes fails; report the real problem
-      ::close(fd);
-      TORCH_CHECK(false, "'", path, "' is empty");
-    }
-    void* addr = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
-    const int err = errno;
-    ::close(fd);  // the mapping keeps the file referenced
-    TORCH_CHECK(addr != MAP_FAILED, "cannot memory-map '", path, "' (", bytes,
-                " bytes): ", std::strerror(err));
-    data = static_cast<const uint8_t*>(addr);
-  }
-  ~MappedFile() { ::munmap(const_cast<uint8_t*>(data), bytes); }
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-
-  // Access-pattern hint for the kernel's read-ahead; advisory, errors ignored.
-  void advise(int advice) const { ::madvise(const_cast<uint8_t*>(data), bytes, advice); }
-
-  int64_t num_tokens() const { return static_cast<int64_t>(bytes / 2); }
-  // Token i, uint16 little-endian whatever the host (compilers emit one load).
-  int64_t token(int64_t i) const {
-    const uint8_t* p = data + 2 * i;
-    return static_cast<int64_t>(p[0]) | (static_cast<int64_t>(p[1]) << 8);
-  }
-};
-
-}  // namespace detail
-
 namespace {
-
-// The seeded CPU generator of sampler draw number k.
-at::Generator sampler_generator(uint64_t seed, uint64_t k) {
-  return at::detail::createCPUGenerator(splitmix64(seed ^ splitmix64(k)));
-}
-
-void check_exists(const std::string& path) {
-  std::error_code ec;
-  TORCH_CHECK(fs::exists(path, ec), "cannot read '", path, "': no such file");
-  TORCH_CHECK(!fs::is_directory(path, ec), "cannot read '", path, "': it is a directory");
-}
-
-// Whole file, uncompressed.
-std::vector<uint8_t> read_plain(const std::string& path) {
-  check_exists(path);
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in, "cannot open '", path, "': ", std::strerror(errno));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  TORCH_CHECK(!in.bad(), "error reading '", path, "'");
-  TORCH_CHECK(!bytes.empty(), "'", path, "' is empty");
-  return bytes;
-}
-
-// Whole file; a gzip file (magic 1f 8b) is inflated, any other is returned as
-// it is. zlib's inflate() rather than gzread(): from zlib 1.3.1.2 on, gzread
-// returns no data and no error for a stream corrupted in its deflate data
-// (Debian sid's 1.3.2 reads one as an empty file), while inflate() reports
-// Z_DATA_ERROR on every version, and a stream cut short is one that runs out
-// of input before Z_STREAM_END. Concatenated members are read one after the
-// other and bytes after the last member are ignored, as gzread does.
-std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
-  std::vector<uint8_t> in = read_plain(path);
-  const auto is_gzip = [](const uint8_t* p, size_t n) { return n >= 2 && p[0] == 0x1f && p[1] == 0x8b; };
-  if (!is_gzip(in.data(), in.size())) return in;
-  TORCH_CHECK(in.size() <= UINT_MAX, "'", path, "': gzip files over 4 GiB are not supported");
-  z_stream z{};
-  TORCH_CHECK(inflateInit2(&z, 16 + MAX_WBITS) == Z_OK, "'", path, "': zlib's inflateInit2 failed");
-  z.next_in = in.data();
-  z.avail_in = static_cast<uInt>(in.size());
-  std::vector<uint8_t> bytes;
-  std::vector<uint8_t> chunk(1 << 20);
-  std::string error;
-  while (true) {
-    z.next_out = chunk.data();
-    z.avail_out = static_cast<uInt>(chunk.size());
-    const int rc = inflate(&z, Z_NO_FLUSH);
-    bytes.insert(bytes.end(), chunk.begin(), chunk.end() - z.avail_out);
-    if (rc == Z_OK) continue;
-    if (rc == Z_STREAM_END) {
-      if (!is_gzip(z.next_in, z.avail_in)) break;
-      inflateReset(&z);
-      continue;
-    }
-    error = rc == Z_BUF_ERROR && z.avail_in == 0 ? "unexpected end of file" : (z.msg ? z.msg : zError(rc));
-    break;
-  }
-  inflateEnd(&z);
-  TORCH_CHECK(error.empty(), "'", path, "': corrupt gzip data (zlib: ", error, ")");
-  TORCH_CHECK(!bytes.empty(), "'", path, "' is empty");
-  return bytes;
-}
 
 // Tokens handled at a time when a whole stream is scanned or written.
 constexpr int64_t kTokenChunk = int64_t{1} << 20;
@@ -408,94 +302,6 @@ std::pair<TokenDataset, TokenDataset> split_train_val(const TokenDataset& data, 
   return {data.slice(0, cut), data.slice(cut, n)};
 }
 
-// ---------------------------------------------------------------- KJV
-
-std::string default_cache_dir() {
-  if (const char* dir = std::getenv("SPECOPT_CACHE_DIR"); dir && *dir) return dir;
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
-    return (fs::path(xdg) / "specopt").string();
-  }
-  if (const char* home = std::getenv("HOME"); home && *home) {
-    return (fs::path(home) / ".cache" / "specopt").string();
-  }
-  return ".specopt_cache";
-}
-
-namespace {
-// "<size> <crc32>" of a byte string: the KJV cache's check file.
-std::string size_and_crc(const std::string& bytes) {
-  const uLong crc = crc32_z(crc32_z(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data()), bytes.size());
-  return fmt::format("{} {:08x}\n", bytes.size(), static_cast<uint32_t>(crc));
-}
-std::string read_whole(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "";
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-}  // namespace
-
-std::string kjv_text_file(const std::string& cache_dir) {
-  const fs::path path = fs::path(cache_dir) / "kjv.txt";
-  const fs::path check = fs::path(cache_dir) / "kjv.txt.check";
-  std::error_code ec;
-  // A cache is used only when it is what was written (size and CRC-32 of the
-  // check file); anything else (a truncated copy, no check file) is rebuilt.
-  if (fs::is_regular_file(path, ec) && fs::is_regular_file(check, ec)) {
-    const std::string expected = read_whole(check);
-    if (!expected.empty() && size_and_crc(read_whole(path)) == expected) return path.string();
-  }
-  fs::create_directories(cache_dir, ec);
-  TORCH_CHECK(!ec, "cannot create cache directory '", cache_dir, "': ", ec.message());
-
-  const char* command = "bible -f \"Gen1:1-Rev22:21\"";
-  // Exit status 127 (without the shell's own "not found" noise) when `bible` is absent.
-  const std::string script =
-      fmt::format("command -v bible >/dev/null 2>&1 || exit 127; exec {}", command);
-  FILE* pipe = popen(script.c_str(), "r");
-  TORCH_CHECK(pipe != nullptr, "cannot run `", command, "`: ", std::strerror(errno));
-  std::string text;
-  char buffer[1 << 16];
-  size_t n = 0;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) text.append(buffer, n);
-  const int status = pclose(pipe);
-  TORCH_CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 127),
-              "the KJV corpus needs the program `bible` (Debian package bible-kjv), which was "
-              "not found on PATH; install it or give a text file instead");
-  TORCH_CHECK(status == 0, "`", command, "` failed (wait status ", status, ")");
-  // The whole Bible is ~4.4 MB and starts with Genesis 1:1.
-  TORCH_CHECK(text.size() > 1000000 && text.rfind("Ge1:1 In the beginning", 0) == 0,
-              "`", command, "` printed unexpected output (", text.size(),
-              " bytes) — is the bible-kjv text installed?");
-
-  // Write to a private temporary name, then rename: concurrent processes never
-  // see a partial cache file.
-  const fs::path tmp = fs::path(cache_dir) / fmt::format("kjv.txt.tmp.{}", ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    TORCH_CHECK(out, "cannot write '", tmp.string(), "': ", std::strerror(errno));
-    out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    out.close();
-    TORCH_CHECK(out, "error writing '", tmp.string(), "'");
-  }
-  fs::rename(tmp, path, ec);
-  TORCH_CHECK(!ec, "cannot rename '", tmp.string(), "' to '", path.string(), "': ", ec.message());
-  // The check file last: a crash in between leaves a cache that is rebuilt.
-  const fs::path check_tmp = fs::path(cache_dir) / fmt::format("kjv.txt.check.tmp.{}", ::getpid());
-  {
-    std::ofstream out(check_tmp, std::ios::binary | std::ios::trunc);
-    out << size_and_crc(text);
-    out.close();
-    TORCH_CHECK(out, "error writing '", check_tmp.string(), "'");
-  }
-  fs::rename(check_tmp, check, ec);
-  TORCH_CHECK(!ec, "cannot rename '", check_tmp.string(), "' to '", check.string(), "': ", ec.message());
-  return path.string();
-}
-
-std::pair<TokenDataset, TokenDataset> kjv_train_val(const std::string& cache_dir) {
-  return split_train_val(TokenDataset::from_text_file(kjv_text_file(cache_dir)), 0.1, '\n');
-}
-
 // ---------------------------------------------------------------- TokenBatchSampler
 
 TokenBatchSampler::TokenBatchSampler(TokenDataset data, int64_t batch_size, int64_t block_size,
@@ -520,166 +326,6 @@ std::pair<at::Tensor, at::Tensor> TokenBatchSampler::next() {
 void TokenBatchSampler::set_state(const TokenSamplerState& state) {
   TORCH_CHECK(state.step >= 0, "TokenSamplerState.step must be >= 0, got ", state.step);
   state_ = state;
-}
-
-// ---------------------------------------------------------------- IDX images
-
-at::Tensor read_idx(const std::string& path) {
-  const auto bytes = read_maybe_gzip(path);
-  const size_t n = bytes.size();
-  TORCH_CHECK(n >= 4, "'", path, "': truncated IDX header (", n, " bytes)");
-  // Magic: two zero bytes, the element type, the number of dimensions.
-  TORCH_CHECK(bytes[0] == 0 && bytes[1] == 0, "'", path,
-              fmt::format("': bad magic 0x{:02x}{:02x}{:02x}{:02x} (not an IDX file; expected "
-                          "0x0000 then type and rank, e.g. 0x00000803)",
-                          bytes[0], bytes[1], bytes[2], bytes[3]));
-  TORCH_CHECK(bytes[2] == 0x08, "'", path,
-              fmt::format("': unsupported IDX element type 0x{:02x} (only unsigned byte 0x08)",
-                          bytes[2]));
-  const int64_t rank = bytes[3];
-  TORCH_CHECK(rank >= 1, "'", path, "': IDX rank 0");
-  const size_t header = 4 + 4 * static_cast<size_t>(rank);
-  TORCH_CHECK(n >= header, "'", path, "': truncated IDX header (", n, " bytes, rank ", rank,
-              " needs ", header, ")");
-  std::vector<int64_t> dims(rank);
-  for (int64_t i = 0; i < rank; ++i) {
-    const uint8_t* b = bytes.data() + 4 + 4 * i;  // big-endian uint32
-    dims[i] = (int64_t{b[0]} << 24) | (int64_t{b[1]} << 16) | (int64_t{b[2]} << 8) | b[3];
-  }
-  uint64_t count = 1;
-  for (int64_t i = 0; i < rank; ++i) {
-    TORCH_CHECK(dims[i] > 0, "'", path, "': dimension ", i, " of ", at::IntArrayRef(dims), " is 0");
-    const bool overflow = __builtin_mul_overflow(count, static_cast<uint64_t>(dims[i]), &count);
-    TORCH_CHECK(!overflow && count <= n, "'", path, "': dimensions ", at::IntArrayRef(dims),
-                " need more bytes than the file has (", n, "): truncated");
-  }
-  const size_t payload = n - header;
-  TORCH_CHECK(payload >= count, "'", path, "': truncated: dimensions ", at::IntArrayRef(dims),
-              " need ", count, " data bytes, found ", payload);
-  TORCH_CHECK(payload == count, "'", path, "': ", payload - count,
-              " trailing bytes after the data of dimensions ", at::IntArrayRef(dims));
-  auto out = at::empty(dims, at::kByte);
-  std::memcpy(out.data_ptr<uint8_t>(), bytes.data() + header, count);
-  return out;
-}
-
-ImageDataset load_idx(const std::string& images_path, const std::string& labels_path,
-                      const ImageNormalization& normalization) {
-  TORCH_CHECK(normalization.std > 0.0 && std::isfinite(normalization.std) &&
-                  std::isfinite(normalization.mean),
-              "ImageNormalization: std must be finite and > 0, mean finite; got mean ",
-              normalization.mean, ", std ", normalization.std);
-  auto images = read_idx(images_path);
-  TORCH_CHECK(images.dim() == 3, "'", images_path,
-              "': an image file must have 3 dimensions (N, rows, cols), found ", images.sizes());
-  auto labels = read_idx(labels_path);
-  TORCH_CHECK(labels.dim() == 1, "'", labels_path,
-              "': a label file must have 1 dimension (N), found ", labels.sizes());
-  TORCH_CHECK(images.size(0) == labels.size(0), "'", images_path, "' has ", images.size(0),
-              " images but '", labels_path, "' has ", labels.size(0), " labels");
-  ImageDataset d;
-  d.images = images.to(at::kFloat)
-                 .div_(255.0)
-                 .sub_(normalization.mean)
-                 .div_(normalization.std)
-                 .unsqueeze(1);
-  d.labels = labels.to(at::kLong);
-  // A bad label would otherwise surface only when a batch hits it, with
-  // neither the file nor the position ("Target 200 is out of bounds.").
-  const at::Tensor bad = (d.labels >= kImageClasses).nonzero();
-  TORCH_CHECK(bad.numel() == 0, "'", labels_path, "': label ",
-              bad.numel() ? d.labels[bad[0][0].item<int64_t>()].item<int64_t>() : 0, " at index ",
-              bad.numel() ? bad[0][0].item<int64_t>() : 0, " lies outside [0, ", kImageClasses - 1, "] (",
-              bad.size(0), " bad label(s))");
-  return d;
-}
-
-std::pair<ImageDataset, ImageDataset> fashion_mnist(const std::string& dir,
-                                                    const ImageNormalization& normalization) {
-  auto find = [&](const std::string& stem) {
-    const fs::path gz = fs::path(dir) / (stem + ".gz"), plain = fs::path(dir) / stem;
-    std::error_code ec;
-    if (fs::exists(gz, ec)) return gz.string();
-    if (fs::exists(plain, ec)) return plain.string();
-    TORCH_CHECK(false, "Fashion-MNIST file not found: neither '", gz.string(), "' nor '",
-                plain.string(), "' exists (Debian package dataset-fashion-mnist)");
-    return std::string();
-  };
-  // Looked up in a fixed order so the first missing file is the one reported.
-  const std::string train_images = find("train-images-idx3-ubyte");
-  const std::string train_labels = find("train-labels-idx1-ubyte");
-  const std::string test_images = find("t10k-images-idx3-ubyte");
-  const std::string test_labels = find("t10k-labels-idx1-ubyte");
-  return {load_idx(train_images, train_labels, normalization),
-          load_idx(test_images, test_labels, normalization)};
-}
-
-ImageDataset ImageDataset::slice(int64_t begin, int64_t end) const {
-  TORCH_CHECK(0 <= begin && begin < end && end <= size(), "ImageDataset slice [", begin, ", ",
-              end, ") is empty or outside [0, ", size(), ")");
-  return {images.slice(0, begin, end), labels.slice(0, begin, end)};
-}
-
-int64_t ImageDataset::num_batches(int64_t batch_size) const {
-  TORCH_CHECK(batch_size > 0, "batch_size must be > 0, got ", batch_size);
-  return (size() + batch_size - 1) / batch_size;
-}
-
-std::pair<at::Tensor, at::Tensor> ImageDataset::batch(int64_t index, int64_t batch_size) const {
-  const int64_t n = num_batches(batch_size);
-  TORCH_CHECK(index >= 0 && index < n, "image batch ", index, " is outside [0, ", n,
-              ") for batch_size ", batch_size);
-  const int64_t begin = index * batch_size, end = std::min(size(), begin + batch_size);
-  return {images.slice(0, begin, end), labels.slice(0, begin, end)};
-}
-
-// ---------------------------------------------------------------- ImageBatchSampler
-
-ImageBatchSampler::ImageBatchSampler(ImageDataset data, int64_t batch_size, uint64_t seed,
-                                     bool drop_last)
-    : data_(std::move(data)), batch_size_(batch_size), drop_last_(drop_last) {
-  TORCH_CHECK(data_.size() > 0, "ImageBatchSampler: empty dataset");
-  TORCH_CHECK(batch_size > 0, "batch_size must be > 0, got ", batch_size);
-  TORCH_CHECK(!drop_last || batch_size <= data_.size(), "batch_size ", batch_size,
-              " exceeds the dataset size ", data_.size(), " (drop_last would leave no batch)");
-  state_.seed = seed;
-}
-
-int64_t ImageBatchSampler::batches_per_epoch() const {
-  return drop_last_ ? data_.size() / batch_size_ : data_.num_batches(batch_size_);
-}
-
-void ImageBatchSampler::ensure_permutation() {
-  if (permutation_epoch_ == state_.epoch) return;
-  auto gen = sampler_generator(state_.seed, static_cast<uint64_t>(state_.epoch));
-  permutation_ = at::randperm(data_.size(), gen, at::kLong);
-  permutation_epoch_ = state_.epoch;
-}
-
-std::pair<at::Tensor, at::Tensor> ImageBatchSampler::next() {
-  ensure_permutation();
-  const int64_t n = data_.size();
-  const int64_t end = std::min(n, state_.cursor + batch_size_);
-  auto index = permutation_.slice(0, state_.cursor, end);
-  std::pair<at::Tensor, at::Tensor> result{data_.images.index_select(0, index),
-                                           data_.labels.index_select(0, index)};
-  state_.cursor = end;
-  // Roll over as soon as the epoch has no batch left, so that the state after
-  // the last batch of epoch e reads (e + 1, 0).
-  if (n - state_.cursor < (drop_last_ ? batch_size_ : 1)) {
-    ++state_.epoch;
-    state_.cursor = 0;
-  }
-  return result;
-}
-
-void ImageBatchSampler::set_state(const EpochSamplerState& state) {
-  TORCH_CHECK(state.epoch >= 0, "EpochSamplerState.epoch must be >= 0, got ", state.epoch);
-  const int64_t last_start = drop_last_ ? data_.size() - batch_size_ : data_.size() - 1;
-  TORCH_CHECK(state.cursor >= 0 && state.cursor <= last_start,
-              "EpochSamplerState.cursor must be in [0, ", last_start, "], got ", state.cursor);
-  state_ = state;
-  permutation_epoch_ = -1;  // the seed may have changed
 }
 
 }  // namespace specopt

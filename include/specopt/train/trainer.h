@@ -1,21 +1,18 @@
 // The trainer: one TrainConfig → a model, its data and a SpectralOptimizer,
 // trained with warm-up + decay schedules, gradient accumulation, global
 // gradient-norm clipping, periodic validation, divergence detection and
-// versioned, resumable checkpoints. A run writes a run directory
-// (docs/training.md):
-//
-//   config.toml    the resolved config
-//   metrics.jsonl  one JSON object per logged step
-//   summary.json   written when the run ends (finished or diverged)
-//   checkpoint.pt  see checkpoint.h
+// versioned, resumable checkpoints. A run writes a run directory (run_dir.h,
+// docs/training.md). The lr and p schedules are schedule.h's.
 //
 // Single process by default; TrainHooks lets a distributed driver average
 // gradients, shard the batch, run the optimizer step its own way and keep
 // files and logs to rank 0.
 #pragma once
 
-#include "specopt/train/config.h"
 #include "specopt/core/make_optimizer.h"
+#include "specopt/train/config.h"
+#include "specopt/train/run_dir.h"
+#include "specopt/train/schedule.h"
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
@@ -27,40 +24,6 @@
 #include <vector>
 
 namespace specopt {
-
-// ---- schedules (pure functions of the step) ----------------------------------
-
-// Multiplier of the peak learning rates for optimizer step `step` (0-based),
-// nanoGPT style, with W = warmup_steps, N = steps, r = min_lr_ratio:
-//   step < W:  (step + 1) / W                                  linear warm-up
-//   else, with t = (step - W) / max(1, N - 1 - W) ∈ [0, 1]:
-//     cosine:   r + (1 - r)·½(1 + cos(π t))
-//     linear:   r + (1 - r)·(1 - t)
-//     constant: 1
-// so the last step (N - 1) runs at lr·r and the first step after warm-up at lr.
-double lr_factor(int64_t step, const TrainLoopConfig& train);
-
-// The learning rate of a group with peak rate `peak` at step `step`:
-// peak·lr_factor(step) when train.min_lr = 0; otherwise the same warm-up and
-// shape decaying to the absolute floor min_lr (as the study: 3e-6 for the
-// Adam family, 1e-6 for mSGD): min_lr + (peak − min_lr)·lr_factor|_{r=0}.
-double scheduled_lr(int64_t step, double peak, const TrainLoopConfig& train);
-
-// p of the matrix group as a function of the step. Text forms:
-//   ""              the variant's own constant p (no set_p calls)
-//   "constant:P"    P at every step
-//   "linear:A->B"   A at step 0 → B at step N-1, linearly
-//   "cosine:A->B"   A → B along ½(1 + cos(π t)), t = step/(N-1)
-// Values must lie in [-0.5, 1] (the range of Ψ_p).
-struct PSchedule {
-  enum class Kind { kVariant, kConstant, kLinear, kCosine };
-  Kind kind = Kind::kVariant;
-  double from = 1.0, to = 1.0;
-  // Throws c10::Error naming the bad text and the valid forms.
-  static PSchedule parse(const std::string& text);
-  bool active() const { return kind != Kind::kVariant; }
-  double at(int64_t step, int64_t steps) const;
-};
 
 // ---- hooks for multi-process training ---------------------------------------
 
@@ -220,23 +183,8 @@ struct TrainOptions {
   TrainHooks hooks;
 };
 
-struct TrainResult {
-  std::string status;          // "finished" | "diverged" | "interrupted" (options.handle_signals)
-  bool diverged = false;
-  std::string diverged_reason;  // see StepStats
-  int stop_signal = 0;          // the signal that interrupted the run (status "interrupted")
-  int64_t steps_done = 0;
-  double final_train_loss = 0.0;
-  double final_val_loss = 0.0;  // +inf when diverged
-  double best_val_loss = 0.0;   // +inf when no finite validation
-  double throughput = 0.0;      // items per second of training time
-  std::string throughput_unit;  // "tokens" | "samples"
-  // Share of the training step time spent in the spectral transform. Measured
-  // as the optimizer step's share (an upper bound: it includes the elementwise
-  // Adam/momentum arithmetic) until the optimizer reports transform time.
-  double spectral_share = 0.0;
-  double wall_s = 0.0;
-};
+// What train() returns: the run summary (run_dir.h).
+using TrainResult = RunSummary;
 
 // Trains per `config`, writing the run directory `run_dir` (created). Without
 // options.resume an existing run there is replaced. With options.resume, a

@@ -1,0 +1,130 @@
+// SpectralSGD (spectral_sgd.h) as a torch::optim::Optimizer: groups, lazy
+// state and serialization. The arithmetic lives in update_rules.cpp.
+#include "specopt/core/spectral_sgd.h"
+
+#include "specopt/core/compat.h"
+#include "core/optimizer_archive.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/types.h>
+
+#include <cmath>
+
+namespace specopt {
+
+using namespace detail;
+
+// ---- SpectralSGD --------------------------------------------------------------
+
+SpectralSGDOptions::SpectralSGDOptions(double lr) : lr_(lr) {}
+
+MatrixTransformOptions SpectralSGDOptions::transform() const { return transform_of(*this); }
+
+void SpectralSGDOptions::check() const {
+  TORCH_CHECK(std::isfinite(lr()) && lr() >= 0, "SpectralSGD: invalid learning rate: ", lr());
+  TORCH_CHECK(momentum() >= 0 && momentum() < 1.0, "SpectralSGD: invalid momentum (must lie in [0, 1)): ",
+              momentum());
+  TORCH_CHECK(!nesterov() || momentum() > 0, "SpectralSGD: Nesterov momentum needs momentum > 0, got ",
+              momentum());
+  TORCH_CHECK(std::isfinite(weight_decay()) && weight_decay() >= 0,
+              "SpectralSGD: invalid weight_decay value: ", weight_decay());
+  check_transform_options(transform());
+}
+
+void SpectralSGDOptions::serialize(OutputArchive& a) const {
+  put(a, "lr", lr());
+  put(a, "momentum", momentum());
+  put(a, "nesterov", nesterov());
+  put(a, "weight_decay", weight_decay());
+  put(a, "decay_vectors", decay_vectors());
+  write_transform(a, transform());
+}
+
+void SpectralSGDOptions::serialize(InputArchive& a) {
+  lr(get(a, "lr").toDouble());
+  momentum(get(a, "momentum").toDouble());
+  nesterov(get(a, "nesterov").toBool());
+  weight_decay(get(a, "weight_decay").toDouble());
+  decay_vectors(get(a, "decay_vectors").toBool());
+  assign_transform(*this, read_transform(a));
+}
+
+double SpectralSGDOptions::get_lr() const { return lr(); }
+void SpectralSGDOptions::set_lr(const double lr) { this->lr(lr); }
+
+void SpectralSGDParamState::serialize(OutputArchive& a) const {
+  a.write("momentum_buffer", momentum_buffer());
+}
+
+void SpectralSGDParamState::serialize(InputArchive& a) {
+  at::Tensor b;
+  a.read("momentum_buffer", b);
+  momentum_buffer(b);
+}
+
+SpectralSGD::SpectralSGD(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                         SpectralSGDOptions defaults)
+    : SpectralOptimizerBase(std::move(param_groups), std::make_unique<SpectralSGDOptions>(defaults)) {
+  defaults.check();
+  for (const auto& group : param_groups_) static_cast<const SpectralSGDOptions&>(group.options()).check();
+}
+
+SpectralSGD::SpectralSGD(std::vector<at::Tensor> params, SpectralSGDOptions defaults)
+    : SpectralSGD(std::vector<torch::optim::OptimizerParamGroup>{torch::optim::OptimizerParamGroup(
+                      std::move(params))},
+                  std::move(defaults)) {}
+
+std::unique_ptr<OptimizerOptions> SpectralSGD::make_options() const {
+  return std::make_unique<SpectralSGDOptions>(0.0);
+}
+std::unique_ptr<OptimizerParamState> SpectralSGD::make_state() const {
+  return std::make_unique<SpectralSGDParamState>();
+}
+
+void SpectralSGD::check_loaded_state(const OptimizerParamState& state, const at::Tensor& param,
+                                     const std::string& name) const {
+  check_state_tensor(static_cast<const SpectralSGDParamState&>(state).momentum_buffer(), param,
+                     "momentum_buffer", name);
+}
+
+at::Tensor SpectralSGD::step(LossClosure closure) {
+  at::Tensor loss;
+  if (closure) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const auto& o = static_cast<const SpectralSGDOptions&>(param_groups_[g].options());
+    o.check();
+    check_row_blocks(g, o.row_blocks());
+  }
+  check_grads();
+
+  at::NoGradGuard no_grad;
+  for (auto& group : param_groups_) {
+    const auto& o = static_cast<const SpectralSGDOptions&>(group.options());
+    std::vector<at::Tensor> params, grads, buffers;
+    std::vector<SpectralSGDParamState*> states;  // nullptr: first step of that parameter
+    for (auto& w : group.params()) {
+      if (!w.grad().defined()) continue;
+      auto* found = static_cast<SpectralSGDParamState*>(find_state(w));
+      params.push_back(w);
+      grads.push_back(w.grad());
+      buffers.push_back(found ? found->momentum_buffer() : at::Tensor());  // undefined: b₁ = g
+      states.push_back(found);
+    }
+    if (params.empty()) continue;
+    spectral_sgd_step(params, grads, buffers, o.lr(), o.momentum(), o.nesterov(), o.weight_decay(),
+                      o.transform(), o.decay_vectors());
+    for (size_t i = 0; i < states.size(); ++i) {
+      if (states[i]) continue;  // its buffer was updated in place
+      auto state = std::make_unique<SpectralSGDParamState>();
+      state->momentum_buffer(buffers[i]);
+      set_state(params[i], std::move(state));
+    }
+  }
+  return loss;
+}
+
+}  // namespace specopt
