@@ -166,11 +166,13 @@ def widths_plot(path, out_path):
             x = k - 0.4 + step * (j + 0.5)
             c = variant_colour(r["variant"], r["family"], float(r["p"]))
             ax.errorbar([x], [w], yerr=[[w - lo], [hi - w]], marker=TOL_MARKERS[j % 4], ms=6,
-                        capsize=3, color=c, mfc=c if j == 0 else "white",
-                        label=f"tolerance {100 * t:g} %" if k == 0 else None)
+                        capsize=3, color=c, mfc=c if j == 0 else "white")
             if r["bracketed"] != "1" and j == 0:
                 ax.annotate("widen grid", (x, hi), textcoords="offset points", xytext=(0, 4),
                             ha="center", fontsize=7, color="dimgray")
+    for j, t in enumerate(tols):  # legend: the marker of each tolerance, in neutral grey
+        ax.plot([], [], linestyle="none", marker=TOL_MARKERS[j % 4], color="dimgray",
+                mfc="dimgray" if j == 0 else "white", label=f"tolerance {100 * t:g} %")
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel("stable width (decades of lr)")
@@ -258,7 +260,9 @@ def curves(path, variants, out_path):
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    axes[0].set_ylabel("loss (line: training, mean over seeds; band: min-max; dots: validation)")
+    axes[0].set_ylabel("loss (log scale)")
+    fig.suptitle("line: training loss, mean over seeds; band: min-max over seeds; "
+                 "dots: validation loss (mean)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

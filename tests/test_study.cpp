@@ -605,8 +605,13 @@ TEST(StudyAnalysis, MalformedSummaryNamesTheFile) {
   const auto run = specopt::plan_study(s.cfg).at(0);
   write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": ");
   EXPECT_NE(error_of([&] { specopt::read_run_result(run); }).find("summary.json"), std::string::npos);
+  // A loss that is not a number, "inf"/"nan" or null reads as missing (run_dir.h,
+  // json_to_double): the run counts as diverged, never as a finite loss.
   write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": [1]}");
-  EXPECT_NE(error_of([&] { specopt::read_run_result(run); }).find("final_val_loss"), std::string::npos);
+  EXPECT_EQ(specopt::read_run_result(run).status, RunStatus::kDiverged);
+  // "nan" (what the trainer writes for a NaN loss) is a divergence too.
+  write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": \"nan\", \"status\": \"finished\"}");
+  EXPECT_EQ(specopt::read_run_result(run).status, RunStatus::kDiverged);
 }
 
 // The paper's published numbers (CI keeps them at ../shared/reference relative to the checkout).

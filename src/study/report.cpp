@@ -2,6 +2,8 @@
 // scripts/plot_study.py.
 #include "specopt/study/report.h"
 
+#include "specopt/train/run_dir.h"
+
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -75,19 +77,8 @@ void write_curves_csv(const StudyAnalysis& a, const std::vector<RunResult>& resu
     const double lr = v.cells[v.best].lr;
     for (const auto& r : results) {
       if (r.run.variant != v.variant || r.run.lr != lr || r.status == RunStatus::kMissing) continue;
-      std::ifstream in(fs::path(r.run.dir) / "metrics.jsonl");
-      std::string line;
-      int64_t lineno = 0;
-      while (std::getline(in, line)) {
-        ++lineno;
-        if (line.empty()) continue;
-        nlohmann::json j;
-        try {
-          j = nlohmann::json::parse(line);
-        } catch (const std::exception& e) {
-          TORCH_CHECK(false, "malformed line ", lineno, " of ", (fs::path(r.run.dir) / "metrics.jsonl").string(),
-                      ": ", e.what());
-        }
+      // read_metrics skips the torn last line of a killed run.
+      for (const auto& j : read_metrics(RunPaths(r.run.dir).metrics)) {
         auto num = [&](const char* k) {
           return j.contains(k) && j[k].is_number() ? csv_number(j[k].get<double>()) : std::string();
         };

@@ -3,13 +3,13 @@
 // verdict.cpp, the report report.cpp.
 #include "specopt/study/study.h"
 
+#include "specopt/train/run_dir.h"
 #include "specopt/train/trainer.h"  // kExitInterrupted
 
 #include "train/stop_signals.h"
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -84,8 +84,9 @@ std::vector<StudyRun> plan_study(const StudyConfig& config) {
 }
 
 RunState run_state(const std::string& run_dir) {
-  if (fs::exists(fs::path(run_dir) / "summary.json")) return RunState::kFinished;
-  if (fs::exists(fs::path(run_dir) / "checkpoint.pt")) return RunState::kPartial;
+  const RunPaths paths(run_dir);
+  if (fs::exists(paths.summary)) return RunState::kFinished;
+  if (fs::exists(paths.checkpoint)) return RunState::kPartial;
   return RunState::kPending;
 }
 
@@ -420,57 +421,28 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
 
 // --------------------------------------------------------------- results ---
 
-namespace {
-
-double json_loss(const nlohmann::json& j, const char* key, const std::string& file) {
-  if (!j.contains(key) || j[key].is_null()) return std::numeric_limits<double>::infinity();
-  const auto& v = j[key];
-  if (v.is_number()) return v.get<double>();
-  if (v.is_string()) {
-    std::string s = v.get<std::string>();
-    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-    if (s == "inf" || s == "+inf" || s == "infinity" || s == "nan")
-      return std::numeric_limits<double>::infinity();
-  }
-  TORCH_CHECK(false, file, ": '", key, "' must be a number, \"inf\" or null, got ", v.dump());
-}
-
-}  // namespace
-
 RunResult read_run_result(const StudyRun& run) {
   RunResult r;
   r.run = run;
-  const fs::path file = fs::path(run.dir) / "summary.json";
-  if (!fs::exists(file)) return r;
-  nlohmann::json j;
+  const RunPaths paths(run.dir);
+  if (!fs::exists(paths.summary)) return r;
+  RunSummary s;
   try {
-    std::ifstream in(file);
-    j = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(false, "malformed run summary ", file.string(), ": ", e.what());
+    s = read_summary(paths.summary);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "malformed run summary ", paths.summary, ": ", e.what_without_backtrace());
   }
-  TORCH_CHECK(j.is_object(), "malformed run summary ", file.string(), ": not a JSON object");
-  const std::string status = j.value("status", std::string("finished"));
-  const bool diverged_flag = j.contains("diverged") && j["diverged"].is_boolean() && j["diverged"].get<bool>();
-  r.final_val_loss = json_loss(j, "final_val_loss", file.string());
-  r.best_val_loss = j.contains("best_val_loss") ? json_loss(j, "best_val_loss", file.string())
-                                                 : r.final_val_loss;
-  const bool diverged = diverged_flag || status == "diverged" || !std::isfinite(r.final_val_loss);
+  // read_summary gives +inf for a missing / null / "inf" loss and NaN for "nan": every
+  // non-finite final loss, the diverged flag and status "diverged" are all a divergence.
+  const bool diverged = s.diverged || s.status == "diverged" || !std::isfinite(s.final_val_loss);
   r.status = diverged ? RunStatus::kDiverged : RunStatus::kFinished;
-  if (diverged) r.final_val_loss = std::numeric_limits<double>::infinity();
-  auto num = [&](const char* key) {
-    return j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
-  };
-  r.steps_done = static_cast<int64_t>(num("steps_done"));
-  if (num("tokens_per_s") > 0) {
-    r.throughput = num("tokens_per_s");
-    r.throughput_unit = "tokens/s";
-  } else if (num("samples_per_s") > 0) {
-    r.throughput = num("samples_per_s");
-    r.throughput_unit = "samples/s";
-  }
-  r.spectral_share = num("spectral_share");
-  r.wall_s = num("wall_s");
+  r.final_val_loss = diverged ? std::numeric_limits<double>::infinity() : s.final_val_loss;
+  r.best_val_loss = s.best_val_loss;
+  r.steps_done = s.steps_done;
+  r.throughput = s.throughput;
+  r.throughput_unit = s.throughput_unit.empty() ? "" : s.throughput_unit + "/s";
+  r.spectral_share = s.spectral_share;
+  r.wall_s = s.wall_s;
   return r;
 }
 
