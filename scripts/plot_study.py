@@ -94,7 +94,7 @@ def lr_sweep(results_path, runs_path, title, out_path):
         top = None
         if finite:
             lo, hi = min(finite), max(finite)
-            top = hi + 0.06 * max(hi - lo, 1e-3)
+            top = hi * 1.08
         for name in names:
             fam, p = variants[name]
             c = variant_colour(name, fam, p)
@@ -119,8 +119,9 @@ def lr_sweep(results_path, runs_path, title, out_path):
                 ax.plot(div, [top] * len(div), linestyle="none", marker="x", ms=8, mew=2, color=c,
                         clip_on=False)
         if top is not None:
-            ax.set_ylim(top=top + 0.03 * abs(top))
+            ax.set_ylim(top=top * 1.04)
         ax.set_xscale("log")
+        ax.set_yscale("log")  # the optimum's neighbourhood stays readable beside the blow-ups
         ax.set_xlabel("matrix learning rate (optim.lr_matrix)")
         ax.set_ylabel("final validation loss")
         ax.set_title(f"{family} family")
@@ -130,7 +131,7 @@ def lr_sweep(results_path, runs_path, title, out_path):
     how = ("one seed; x on top: diverged; *: best lr" if runs_path is None else
            "mean over seeds, bars: min-max over seeds; x on top: a seed diverged "
            "(its cell is unstable); *: best lr")
-    fig.suptitle(title + "\n" + how, fontsize=10)
+    fig.suptitle(title + "\n" + how + "; log-log axes", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
@@ -198,7 +199,9 @@ def p_sweep_plot(path, out_path):
         rs = sorted(by_family.get(family, []), key=lambda r: float(r["p"]))
         if not rs:
             continue
-        ps = [float(r["p"]) for r in rs]
+        # The families side by side at each p (their widths often coincide).
+        dodge = -0.008 if family == "Adam" else 0.008
+        ps = [float(r["p"]) + dodge for r in rs]
         fc = FAMILY_COLOURS[family]
         for ax, key in ((axes[0], "best_loss"), (axes[1], "width")):
             ys = [number(r[key]) for r in rs]
@@ -207,7 +210,7 @@ def p_sweep_plot(path, out_path):
             ax.plot(ps, ys, color=fc, lw=1.5, label=f"{family} family")
             ax.fill_between(ps, lo, hi, color=fc, alpha=0.15, lw=0)
             for p, y, l, h, r in zip(ps, ys, lo, hi, rs):
-                c = variant_colour(r["variant"], family, p)
+                c = variant_colour(r["variant"], family, p - dodge)
                 ax.errorbar([p], [y], yerr=[[y - l], [h - y]], marker="o", ms=6, capsize=3,
                             color=c, mec="black", mew=0.5)
     axes[0].set_ylabel("final validation loss at the best lr")
