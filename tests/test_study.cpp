@@ -68,7 +68,7 @@ std::string read_file(const fs::path& path) {
   return ss.str();
 }
 
-// The three ways API.md allows a diverged run to be written.
+// The three ways a diverged run may be written to summary.json (read_run_result, study.h).
 enum class DivergedStyle { kInfString, kNullAndFlag, kStatusOnly };
 
 void write_summary(const fs::path& run_dir, double final_loss,

@@ -6,6 +6,7 @@
 #include "specopt/train/checkpoint.h"
 #include "specopt/train/config.h"
 #include "specopt/train/data.h"
+#include "specopt/train/run_dir.h"
 #include "specopt/train/trainer.h"
 
 #include <c10/util/Exception.h>
@@ -26,6 +27,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -577,3 +579,64 @@ TEST(Trainer, BadCheckpointsGiveClearErrors) {
 }
 
 }  // namespace
+
+// ---- the run directory module (run_dir.h) ------------------------------------------
+
+TEST(RunDir, NonFiniteNumbersHaveOneEncoding) {
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(specopt::json_number(std::nan("")), nlohmann::json("nan"));
+  EXPECT_EQ(specopt::json_number(inf), nlohmann::json("inf"));
+  EXPECT_EQ(specopt::json_number(-inf), nlohmann::json("-inf"));
+  EXPECT_EQ(specopt::json_number(0.25), nlohmann::json(0.25));
+  for (const double v : {0.25, -3.0, inf, -inf})
+    EXPECT_EQ(specopt::json_to_double(specopt::json_number(v), 7.0), v);
+  EXPECT_TRUE(std::isnan(specopt::json_to_double(specopt::json_number(std::nan("")), 7.0)));
+  EXPECT_EQ(specopt::json_to_double(nlohmann::json(), 7.0), 7.0);  // null: no value
+}
+
+TEST(RunDir, SummaryRoundTripsAndMetricsReaderSkipsTornLines) {
+  const specopt::RunPaths paths(test_dir());
+  specopt::RunSummary r;
+  r.status = "diverged";
+  r.diverged = true;
+  r.diverged_reason = "non-finite training loss";
+  r.steps_done = 12;
+  r.final_train_loss = std::nan("");
+  r.final_val_loss = std::numeric_limits<double>::infinity();
+  r.best_val_loss = 2.5;
+  r.throughput = 125.0;
+  r.throughput_unit = "tokens";
+  r.spectral_share = 0.375;
+  r.wall_s = 3.0;
+  specopt::write_summary(paths.summary, r, {{"steps", 20}});
+  const specopt::RunSummary back = specopt::read_summary(paths.summary);
+  EXPECT_EQ(back.status, r.status);
+  EXPECT_EQ(back.diverged, r.diverged);
+  EXPECT_EQ(back.diverged_reason, r.diverged_reason);
+  EXPECT_EQ(back.steps_done, r.steps_done);
+  EXPECT_TRUE(std::isnan(back.final_train_loss));
+  EXPECT_EQ(back.final_val_loss, r.final_val_loss);
+  EXPECT_EQ(back.best_val_loss, r.best_val_loss);
+  EXPECT_EQ(back.throughput, r.throughput);
+  EXPECT_EQ(back.throughput_unit, r.throughput_unit);
+  EXPECT_EQ(back.spectral_share, r.spectral_share);
+  EXPECT_EQ(back.wall_s, r.wall_s);
+  const auto j = nlohmann::json::parse(specopt::testing::slurp(paths.summary));
+  EXPECT_EQ(j.at("tokens_per_s"), 125.0);  // the rate also under its unit's key
+  EXPECT_EQ(j.at("steps"), 20);            // and the context
+  {
+    std::ofstream out(paths.metrics);
+    out << "{\"step\":1,\"train_loss\":\"nan\"}\n{\"step\":2,\"train_loss\":1.5}\n{\"no_step\":1}\n{\"step\":3,\"tr";
+  }
+  const auto rows = specopt::read_metrics(paths.metrics);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_TRUE(std::isnan(specopt::json_to_double(rows[0].at("train_loss"), 0.0)));
+  EXPECT_EQ(rows[1].at("step"), 2);
+  specopt::truncate_metrics(paths.metrics, 1);
+  const auto kept = specopt::read_metrics(paths.metrics);
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(kept[0].at("step"), 1);
+  std::ofstream(paths.summary) << "{\"status\": \"fin";  // torn
+  const std::string err = error_of([&] { specopt::read_summary(paths.summary); });
+  EXPECT_NE(err.find(paths.summary), std::string::npos) << err;
+}

@@ -24,12 +24,6 @@ namespace {
 
 constexpr const char* kArchiveKind = "SpectralOptimizer";
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
-
 bool matches_any(const std::string& name, const std::vector<std::string>& patterns) {
   return std::any_of(patterns.begin(), patterns.end(),
                      [&](const std::string& p) { return name.find(p) != std::string::npos; });
@@ -56,7 +50,6 @@ double group_p(const OptimizerOptions& o) {
   TORCH_CHECK(false, "SpectralOptimizer::p: group options are not spectral options");
 }
 
-template <typename T>
 c10::IValue get(torch::serialize::InputArchive& a, const std::string& key) {
   c10::IValue v;
   TORCH_CHECK(a.try_read(key, v), "SpectralOptimizer load: missing entry '", key, "'");
@@ -65,11 +58,10 @@ c10::IValue get(torch::serialize::InputArchive& a, const std::string& key) {
 
 }  // namespace
 
-SpectralOptimizer::SpectralOptimizer(OptimizerSpec spec, Variant variant,
+SpectralOptimizer::SpectralOptimizer(Variant variant,
                                      std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers,
                                      std::vector<Group> groups, std::vector<std::string> parameter_names)
-    : spec_(std::move(spec)),
-      variant_(std::move(variant)),
+    : variant_(std::move(variant)),
       optimizers_(std::move(optimizers)),
       groups_(std::move(groups)),
       names_(std::move(parameter_names)) {
@@ -105,7 +97,7 @@ void SpectralOptimizer::set_lr(double lr_matrix, double lr_vector) {
 }
 
 void SpectralOptimizer::set_p(double p) {
-  TORCH_CHECK(std::isfinite(p) && p >= -0.5 && p <= 1.0, "SpectralOptimizer: p must lie in [-0.5, 1], got ", p);
+  TORCH_CHECK(p_in_range(p), "SpectralOptimizer: p must lie in [-0.5, 1], got ", p);
   for (const auto& g : groups_)
     if (g.matrix) set_group_p(group_options(*optimizers_[g.optimizer], g.group), p);
 }
@@ -139,18 +131,18 @@ void SpectralOptimizer::load(torch::serialize::InputArchive& archive) {
   c10::IValue kind;
   TORCH_CHECK(archive.try_read("kind", kind) && kind.isString() && kind.toStringRef() == kArchiveKind,
               "SpectralOptimizer load: the archive holds no SpectralOptimizer state");
-  const std::string family = get<std::string>(archive, "family").toStringRef();
+  const std::string family = get(archive, "family").toStringRef();
   TORCH_CHECK(family == family_name(variant_.family), "SpectralOptimizer load: the archive is of the ", family,
               " family, this optimizer is ", variant_.name, " (", family_name(variant_.family), " family)");
-  const int64_t n = get<int64_t>(archive, "names.size").toInt();
+  const int64_t n = get(archive, "names.size").toInt();
   TORCH_CHECK(n == static_cast<int64_t>(names_.size()), "SpectralOptimizer load: the archive has ", n,
               " parameters, this optimizer has ", names_.size());
   for (int64_t i = 0; i < n; ++i) {
-    const std::string saved = get<std::string>(archive, "name." + std::to_string(i)).toStringRef();
+    const std::string saved = get(archive, "name." + std::to_string(i)).toStringRef();
     TORCH_CHECK(saved == names_[i], "SpectralOptimizer load: parameter ", i, " is '", saved,
                 "' in the archive but '", names_[i], "' in this optimizer");
   }
-  const int64_t count = get<int64_t>(archive, "optimizers").toInt();
+  const int64_t count = get(archive, "optimizers").toInt();
   TORCH_CHECK(count == static_cast<int64_t>(optimizers_.size()), "SpectralOptimizer load: the archive has ",
               count, " optimizers, this one has ", optimizers_.size());
   for (size_t k = 0; k < optimizers_.size(); ++k) {
@@ -162,7 +154,7 @@ void SpectralOptimizer::load(torch::serialize::InputArchive& archive) {
 
 std::unique_ptr<SpectralOptimizer> make_optimizer(
     const std::vector<std::pair<std::string, at::Tensor>>& named_parameters, const OptimizerSpec& spec) {
-  const Variant variant = parse_variant(lower(spec.variant) == "adamw" ? "Adam" : spec.variant);
+  const Variant variant = parse_variant(spec.variant);
   TORCH_CHECK(!named_parameters.empty(), "make_optimizer: no parameters");
   TORCH_CHECK(std::isfinite(spec.lr_matrix) && spec.lr_matrix >= 0, "make_optimizer: invalid lr_matrix: ",
               spec.lr_matrix);
@@ -254,7 +246,7 @@ std::unique_ptr<SpectralOptimizer> make_optimizer(
         },
         vector_parts);
   }
-  return std::make_unique<SpectralOptimizer>(spec, variant, std::move(optimizers), std::move(groups),
+  return std::make_unique<SpectralOptimizer>(variant, std::move(optimizers), std::move(groups),
                                              std::move(names));
 }
 

@@ -15,12 +15,6 @@ namespace specopt {
 
 namespace {
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
-
 struct MethodName {
   Method method;
   const char* name;
@@ -32,6 +26,12 @@ constexpr MethodName kMethodNames[] = {
 };
 
 }  // namespace
+
+std::string ascii_lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
 
 const std::vector<Method>& all_methods() {
   static const std::vector<Method> methods = [] {
@@ -49,7 +49,7 @@ std::string method_name(Method m) {
 }
 
 Method parse_method(const std::string& name) {
-  const std::string key = lower(name);
+  const std::string key = ascii_lower(name);
   std::string valid;
   for (const auto& e : kMethodNames) {
     if (key == e.name) return e.method;
@@ -67,7 +67,7 @@ std::string ns_coefficients_name(NsCoefficients c) {
 }
 
 NsCoefficients parse_ns_coefficients(const std::string& name) {
-  const std::string key = lower(name);
+  const std::string key = ascii_lower(name);
   if (key == "muon") return NsCoefficients::kMuon;
   if (key == "polar_express") return NsCoefficients::kPolarExpress;
   TORCH_CHECK(false, "unknown Newton-Schulz coefficient set '", name,
@@ -159,7 +159,7 @@ void check_finite_result(const at::Tensor& Y, Method method, double p, const at:
               "' produced a non-finite result (p = ", p, ", shape ", O.sizes(), ")");
 }
 
-Method resolve_auto(const at::Tensor& O, double p, const SpectralOptions& o) {
+Method resolve_auto(const at::Tensor& O) {
   // Measured (bench/bench_transform, docs/transform.md): on CPU the LAPACK
   // eigendecomposition of the Gram matrix beats every matmul iteration at
   // all benchmark shapes. On accelerators matmul iterations win (newton).
@@ -169,7 +169,7 @@ Method resolve_auto(const at::Tensor& O, double p, const SpectralOptions& o) {
 }  // namespace
 
 at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, SpectralInfo* info) {
-  const Method method = o.method() == Method::kAuto ? resolve_auto(O, p, o) : o.method();
+  const Method method = o.method() == Method::kAuto ? resolve_auto(O) : o.method();
   info->method = method;
   const auto in_dtype = O.scalar_type();
   // Compute dtype: as requested; else the input's (bf16/half → float32), except
@@ -257,7 +257,7 @@ at::Tensor spectral_power(const at::Tensor& O, double p, const SpectralOptions& 
   TORCH_CHECK(O.defined(), "spectral_power: undefined tensor");
   TORCH_CHECK(O.dim() >= 2, "spectral_power: expected a matrix or a batch of matrices (..., m, n), got ",
               O.dim(), " dimension(s) with shape ", O.sizes());
-  TORCH_CHECK_VALUE(std::isfinite(p) && p >= -0.5 && p <= 1.0,
+  TORCH_CHECK_VALUE(p_in_range(p),
               "spectral_power: p must lie in [-0.5, 1], got ", p);
   TORCH_CHECK(at::isFloatingType(O.scalar_type()),
               "spectral_power: expected a floating-point tensor, got ", O.scalar_type());

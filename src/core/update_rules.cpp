@@ -54,9 +54,7 @@ std::string scale_mode_name(ScaleMode mode) {
 }
 
 ScaleMode parse_scale_mode(const std::string& name) {
-  std::string key = name;
-  std::transform(key.begin(), key.end(), key.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  const std::string key = ascii_lower(name);
   for (const auto& [m, n] : scale_mode_names())
     if (key == n) return m;
   TORCH_CHECK(false, "unknown scale mode '", name, "' (valid: auto, none, shape, rms)");
@@ -78,7 +76,7 @@ double scale_factor(ScaleMode mode, double p, int64_t rows, int64_t cols, Method
 }
 
 void check_transform_options(const MatrixTransformOptions& o) {
-  TORCH_CHECK(std::isfinite(o.p()) && o.p() >= -0.5 && o.p() <= 1.0,
+  TORCH_CHECK(p_in_range(o.p()),
               "spectral optimizer: p must lie in [-0.5, 1], got ", o.p());
   TORCH_CHECK(o.row_blocks() >= 1, "spectral optimizer: row_blocks must be >= 1, got ", o.row_blocks());
 }

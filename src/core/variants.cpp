@@ -1,5 +1,7 @@
 #include "specopt/core/variants.h"
 
+#include "specopt/core/spectral.h"  // ascii_lower, p_in_range
+
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -8,14 +10,6 @@
 #include <sstream>
 
 namespace specopt {
-
-namespace {
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
-}  // namespace
 
 const std::vector<Variant>& named_variants() {
   static const std::vector<Variant> table = {
@@ -27,20 +21,29 @@ const std::vector<Variant>& named_variants() {
   return table;
 }
 
+const std::vector<std::pair<std::string, std::string>>& variant_aliases() {
+  static const std::vector<std::pair<std::string, std::string>> table = {
+      {"AdamW", "Adam"},  // torch's name of Adam with decoupled weight decay
+  };
+  return table;
+}
+
 std::string family_name(Family family) { return family == Family::kAdam ? "Adam" : "mSGD"; }
 
 std::string variant_name(Family family, double p) {
   for (const auto& v : named_variants())
     if (v.family == family && v.p == p) return v.name;
   std::ostringstream os;
-  os << lower(family_name(family)) << ":p=" << p;
+  os << ascii_lower(family_name(family)) << ":p=" << p;
   return os.str();
 }
 
 Variant parse_variant(const std::string& text) {
-  const std::string key = lower(text);
+  const std::string key = ascii_lower(text);
   for (const auto& v : named_variants())
-    if (lower(v.name) == key) return v;
+    if (ascii_lower(v.name) == key) return v;
+  for (const auto& [alias, name] : variant_aliases())
+    if (ascii_lower(alias) == key) return parse_variant(name);
   const auto colon = key.find(':');
   if (colon != std::string::npos) {
     const std::string fam = key.substr(0, colon);
@@ -56,7 +59,7 @@ Variant parse_variant(const std::string& text) {
       const double p = std::strtod(rest.c_str(), &end);
       TORCH_CHECK(end && *end == '\0' && std::isfinite(p),
                   "variant '", text, "': p must be a number, got '", rest, "'");
-      TORCH_CHECK(p >= -0.5 && p <= 1.0, "variant '", text, "': p must lie in [-0.5, 1], got ", p);
+      TORCH_CHECK(p_in_range(p), "variant '", text, "': p must lie in [-0.5, 1], got ", p);
       return Variant{variant_name(family, p), family, p};
     }
   }

@@ -1,5 +1,6 @@
 // The local launcher (launcher.h).
 #include "specopt/dist/launcher.h"
+#include "specopt/train/child_process.h"
 #include "specopt/train/trainer.h"  // kExitInterrupted
 
 #include "train/stop_signals.h"
@@ -45,12 +46,6 @@ int64_t free_loopback_port() {
 }
 
 namespace {
-int exit_code_of(int status) {
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
-}
-
 // SIGINT / SIGTERM while the launcher waits: forwarded to every local rank
 // (each finishes its step, the ranks agree on stopping, checkpoint and exit
 // kExitInterrupted); a second signal is forwarded too (the ranks exit at once)
@@ -93,30 +88,31 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
   g_launch_stop = 0;
   const detail::ScopedStopHandler stop_handler(o.handle_signals(), on_launch_signal);
 
+  const std::string self = self_executable();
   std::vector<pid_t> pids;
   for (int64_t local = 0; local < o.nproc(); ++local) {
     const int64_t rank = o.node_rank() * o.nproc() + local;
-    pid_t pid = ::fork();
-    TORCH_CHECK(pid >= 0, "launcher: fork failed: ", std::strerror(errno));
-    if (pid == 0) {
-      // Child: die with the launcher, get the rank environment, exec.
-      ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (o.handle_signals()) ::setpgid(0, 0);  // signals come through the launcher only
-      ::setenv("RANK", std::to_string(rank).c_str(), 1);
-      ::setenv("LOCAL_RANK", std::to_string(local).c_str(), 1);
-      ::setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
-      ::setenv("MASTER_ADDR", o.master_addr().c_str(), 1);
-      ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      ::setenv("SPECOPT_DIST_TIMEOUT", std::to_string(o.timeout_s()).c_str(), 1);
-      ::setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
-      std::vector<char*> argv;
-      std::string self = "/proc/self/exe";
-      argv.push_back(const_cast<char*>(self.c_str()));
-      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(self.c_str(), argv.data());
-      std::fprintf(stderr, "specopt launch: exec failed: %s\n", std::strerror(errno));
-      std::_Exit(127);
+    // Each rank dies with the launcher (child_process.h) and, when the
+    // launcher forwards signals, runs in its own process group.
+    ChildOptions child;
+    child.executable = self;
+    child.args = args;
+    child.threads = threads;
+    child.own_process_group = o.handle_signals();
+    child.env = {{"RANK", std::to_string(rank)},
+                 {"LOCAL_RANK", std::to_string(local)},
+                 {"WORLD_SIZE", std::to_string(world)},
+                 {"MASTER_ADDR", o.master_addr()},
+                 {"MASTER_PORT", std::to_string(port)},
+                 {"SPECOPT_DIST_TIMEOUT", std::to_string(o.timeout_s())}};
+    pid_t pid = -1;
+    try {
+      pid = start_child(child, "rank " + std::to_string(rank));
+    } catch (...) {
+      // The ranks already started would wait for this one at the rendezvous.
+      for (pid_t p : pids) ::kill(p, SIGTERM);
+      for (pid_t p : pids) wait_child(p, "a rank");
+      throw;
     }
     pids.push_back(pid);
     g_rank_pids[local] = pid;
@@ -152,7 +148,7 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
     *it = -1;
     g_rank_pids[local] = 0;
     --running;
-    int code = exit_code_of(status);
+    int code = exit_status_code(status);
     // After a forwarded signal every rank checkpoints and exits
     // kExitInterrupted: wait for the others instead of stopping them.
     const bool interrupted = g_launch_stop.load() != 0 && code == kExitInterrupted;

@@ -2,6 +2,7 @@
 // reading their run directories. The config is study_config.cpp, the analysis analysis.cpp and
 // verdict.cpp, the report report.cpp.
 #include "specopt/study/study.h"
+#include "specopt/train/child_process.h"
 
 #include "specopt/train/run_dir.h"
 #include "specopt/train/trainer.h"  // kExitInterrupted
@@ -115,13 +116,6 @@ std::vector<std::string> train_arguments(const StudyConfig& config, const StudyR
   return args;
 }
 
-std::string self_executable() {
-  std::error_code ec;
-  const fs::path p = fs::read_symlink("/proc/self/exe", ec);
-  TORCH_CHECK(!ec, "cannot resolve /proc/self/exe: ", ec.message());
-  return p.string();
-}
-
 namespace {
 
 // ---- signals: forwarded to the running children ------------------------------------
@@ -157,113 +151,32 @@ size_t register_child(pid_t pid) {
   return kChildSlots;  // more children than slots: not forwarded (workers are far fewer)
 }
 
-// The file posix_spawnp would run: `name` itself when it has a '/', else the
-// first executable PATH entry (resolved before fork: the child may only make
-// async-signal-safe calls).
-std::string resolve_executable(const std::string& name) {
-  if (name.find('/') != std::string::npos) return name;
-  const char* path = std::getenv("PATH");
-  std::stringstream dirs(path ? path : "/usr/local/bin:/usr/bin:/bin");
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return name;  // execve fails with ENOENT, reported by the caller
-}
-
 }  // namespace
 
 Launcher subprocess_launcher(std::string executable) {
   return [executable](const LaunchRequest& req) -> int {
-    std::vector<std::string> argv_s;
-    argv_s.push_back(executable);
-    argv_s.insert(argv_s.end(), req.args.begin(), req.args.end());
-    std::vector<char*> argv;
-    for (auto& s : argv_s) argv.push_back(s.data());
-    argv.push_back(nullptr);
-
-    // The child's thread pools (OpenMP, OpenBLAS) get the run's share of the threads too, so
-    // parallel workers do not oversubscribe the cores.
-    std::vector<std::string> env_s;
-    for (char** e = environ; *e != nullptr; ++e) {
-      const std::string var(*e);
-      if (req.threads > 0 && (var.rfind("OMP_NUM_THREADS=", 0) == 0 ||
-                              var.rfind("OPENBLAS_NUM_THREADS=", 0) == 0))
-        continue;
-      env_s.push_back(var);
-    }
-    if (req.threads > 0) {
-      env_s.push_back("OMP_NUM_THREADS=" + std::to_string(req.threads));
-      env_s.push_back("OPENBLAS_NUM_THREADS=" + std::to_string(req.threads));
-    }
-    std::vector<char*> envp;
-    for (auto& e : env_s) envp.push_back(e.data());
-    envp.push_back(nullptr);
-
-    // fork + execve rather than posix_spawn, for PR_SET_PDEATHSIG: a study killed
-    // by SIGKILL must not leave its runs going on beside a rerun. The signal is
-    // sent when the forking thread ends; it is the worker that waits for this
-    // child, so it outlives it. A CLOEXEC pipe reports an exec failure.
-    const std::string path = resolve_executable(executable);
-    int pipe_fds[2];
-    TORCH_CHECK(::pipe2(pipe_fds, O_CLOEXEC) == 0, "cannot start '", executable, "' for run ",
-                req.run.name, ": pipe: ", std::strerror(errno));
-    const pid_t parent = ::getpid();
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      // Child: async-signal-safe calls only.
-      int err = 0;
-      if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || ::getppid() != parent) ::_exit(127);
-      // Its own process group: a Ctrl-C at the terminal reaches the study only,
-      // which forwards it once (a run that got it twice would exit at once,
-      // without its checkpoint).
-      ::setpgid(0, 0);
-      if (!req.log_path.empty()) {
-        const int fd = ::open(req.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd < 0 || ::dup2(fd, 1) < 0 || ::dup2(1, 2) < 0) err = errno;
-        if (fd > 2) ::close(fd);
-      }
-      // The study's handlers are reset by execve; its blocked set is not.
-      sigset_t none;
-      sigemptyset(&none);
-      ::sigprocmask(SIG_SETMASK, &none, nullptr);
-      if (err == 0) {
-        ::execve(path.c_str(), argv.data(), envp.data());
-        err = errno;
-      }
-      const ssize_t ignored = ::write(pipe_fds[1], &err, sizeof(err));
-      (void)ignored;
-      ::_exit(127);
-    }
-    const int fork_err = errno;
-    ::close(pipe_fds[1]);
-    if (pid < 0) {
-      ::close(pipe_fds[0]);
-      TORCH_CHECK(false, "cannot start '", executable, "' for run ", req.run.name, ": fork: ",
-                  std::strerror(fork_err));
-    }
+    // The child's thread pools (OpenMP, OpenBLAS) get the run's share of the
+    // threads; its own process group: a Ctrl-C at the terminal reaches the study
+    // only, which forwards it once (a run that got it twice would exit at once,
+    // without its checkpoint).
+    ChildOptions child;
+    child.executable = executable;
+    child.args = req.args;
+    child.threads = req.threads;
+    child.own_process_group = true;
+    child.log_path = req.log_path;
+    const std::string what = "run " + req.run.name;
+    const pid_t pid = start_child(child, what);
     const size_t slot = register_child(pid);
     // A stop signal that came between the worker's check and the registration.
     if (g_forwarding.load() && g_study_stop.load() != 0) ::kill(pid, g_study_stop.load());
-    int exec_err = 0;
-    ssize_t n;
-    while ((n = ::read(pipe_fds[0], &exec_err, sizeof(exec_err))) < 0 && errno == EINTR) {
-    }
-    ::close(pipe_fds[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0) {
-      if (errno != EINTR) {
+    struct Unregister {
+      size_t slot;
+      ~Unregister() {
         if (slot < kChildSlots) g_children[slot] = 0;
-        TORCH_CHECK(false, "waitpid failed for run ", req.run.name, ": ", std::strerror(errno));
       }
-    }
-    if (slot < kChildSlots) g_children[slot] = 0;
-    TORCH_CHECK(n <= 0, "cannot start '", executable, "' for run ", req.run.name, ": ",
-                std::strerror(exec_err));
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-    return 255;
+    } unregister{slot};
+    return wait_child(pid, what);
   };
 }
 

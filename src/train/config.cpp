@@ -178,7 +178,7 @@ void read_text(const std::string& text, T& out, const std::string& key) {
               "' is not a valid value");
   read_node(*doc->get("v"), out, key);
 }
-void read_text(const std::string& text, std::string& out, const std::string& key) {
+void read_text(const std::string& text, std::string& out, const std::string& /*key*/) {
   // A quoted TOML string, or else the raw text (so --set run.device=cuda works).
   auto doc = parse_value(text);
   if (doc && doc->get("v")->is_string()) {

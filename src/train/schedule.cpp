@@ -1,6 +1,8 @@
 // The lr and p schedules of schedule.h (pure functions of the step).
 #include "specopt/train/schedule.h"
 
+#include "specopt/core/spectral.h"  // p_in_range
+
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -41,7 +43,7 @@ PSchedule PSchedule::parse(const std::string& text) {
     char* end = nullptr;
     const double v = std::strtod(t.c_str(), &end);
     if (t.empty() || end != t.c_str() + t.size() || !std::isfinite(v)) bad("'" + t + "' is not a number");
-    if (v < -0.5 || v > 1.0) bad("p = " + t + " lies outside [-0.5, 1]");
+    if (!p_in_range(v)) bad("p = " + t + " lies outside [-0.5, 1]");
     return v;
   };
   const auto colon = text.find(':');

@@ -16,11 +16,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 namespace specopt {
 
 using detail::Clock;
 using detail::kInf;
+using detail::LossFn;
 using detail::seconds_since;
 
 double clip_gradients(const std::vector<at::Tensor>& params, double max_norm) {
@@ -54,6 +56,69 @@ TokenDataset take_prefix(const TokenDataset& d, int64_t limit) {
 }
 ImageDataset take_prefix(const ImageDataset& d, int64_t limit) {
   return limit > 0 && limit < d.size() ? d.slice(0, limit) : d;
+}
+
+// The model of `model` and its loss (GPT::loss; cross-entropy of the logits
+// for the image models); vocab_size is the data's (gpt).
+std::pair<std::shared_ptr<torch::nn::Module>, LossFn> build_model(const ModelConfig& model, int64_t vocab_size) {
+  std::shared_ptr<torch::nn::Module> module;
+  LossFn loss_fn;
+  if (model.kind == "gpt") {
+    GPTConfig g;
+    g.vocab_size = vocab_size;
+    g.block_size = model.block_size;
+    g.n_layer = model.n_layer;
+    g.n_head = model.n_head;
+    g.n_embd = model.n_embd;
+    g.qk_norm = model.qk_norm;
+    g.dropout = model.dropout;
+    GPT gpt(g);
+    module = gpt.ptr();
+    loss_fn = [gpt](const at::Tensor& x, const at::Tensor& y) mutable { return gpt->loss(x, y); };
+  } else {
+    std::function<at::Tensor(const at::Tensor&)> forward;
+    if (model.kind == "mlp") {
+      MLPConfig mc;
+      mc.hidden = model.hidden;
+      MLP mlp(mc);
+      module = mlp.ptr();
+      forward = [mlp](const at::Tensor& x) mutable { return mlp->forward(x); };
+    } else {
+      CNNConfig cc;
+      cc.channels1 = model.channels[0];
+      cc.channels2 = model.channels[1];
+      cc.hidden = model.fc_hidden;
+      CNN cnn(cc);
+      module = cnn.ptr();
+      forward = [cnn](const at::Tensor& x) mutable { return cnn->forward(x); };
+    }
+    loss_fn = [forward](const at::Tensor& x, const at::Tensor& y) {
+      return torch::nn::functional::cross_entropy(forward(x), y);
+    };
+  }
+  return {module, loss_fn};
+}
+
+// The make_optimizer() spec of the config's [optim] table.
+OptimizerSpec optimizer_spec(const OptimConfig& optim) {
+  OptimizerSpec spec;
+  spec.variant = optim.variant;
+  spec.lr_matrix = optim.lr_matrix;
+  spec.lr_vector = optim.lr_vector;
+  spec.weight_decay_matrix = optim.weight_decay_matrix;
+  spec.weight_decay_vector = optim.weight_decay_vector;
+  spec.beta1 = optim.beta1;
+  spec.beta2 = optim.beta2;
+  spec.eps = optim.eps;
+  spec.momentum = optim.momentum;
+  spec.nesterov = optim.nesterov;
+  spec.method = parse_method(optim.method);
+  spec.scale = parse_scale_mode(optim.scale);
+  spec.split_rows_patterns = optim.split_rows;
+  spec.split_rows_by_shape = optim.split_rows_by_shape;
+  spec.split_rows_blocks = optim.split_rows_blocks;
+  spec.spectral.tol(optim.spectral_tol).ns_steps(optim.ns_steps).newton_lower(optim.newton_lower);
+  return spec;
 }
 
 std::pair<TokenDataset, TokenDataset> load_token_splits(const DataConfig& data) {
@@ -119,60 +184,11 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
 
   // Model: initialised from the global generator, seeded here.
   torch::manual_seed(static_cast<uint64_t>(c.run.seed));
-  if (c.model.kind == "gpt") {
-    GPTConfig g;
-    g.vocab_size = vocab_size;
-    g.block_size = c.model.block_size;
-    g.n_layer = c.model.n_layer;
-    g.n_head = c.model.n_head;
-    g.n_embd = c.model.n_embd;
-    g.qk_norm = c.model.qk_norm;
-    g.dropout = c.model.dropout;
-    GPT gpt(g);
-    m.module = gpt.ptr();
-    m.loss_fn = [gpt](const at::Tensor& x, const at::Tensor& y) mutable { return gpt->loss(x, y); };
-  } else {
-    std::function<at::Tensor(const at::Tensor&)> forward;
-    if (c.model.kind == "mlp") {
-      MLPConfig mc;
-      mc.hidden = c.model.hidden;
-      MLP mlp(mc);
-      m.module = mlp.ptr();
-      forward = [mlp](const at::Tensor& x) mutable { return mlp->forward(x); };
-    } else {
-      CNNConfig cc;
-      cc.channels1 = c.model.channels[0];
-      cc.channels2 = c.model.channels[1];
-      cc.hidden = c.model.fc_hidden;
-      CNN cnn(cc);
-      m.module = cnn.ptr();
-      forward = [cnn](const at::Tensor& x) mutable { return cnn->forward(x); };
-    }
-    m.loss_fn = [forward](const at::Tensor& x, const at::Tensor& y) {
-      return torch::nn::functional::cross_entropy(forward(x), y);
-    };
-  }
+  std::tie(m.module, m.loss_fn) = build_model(c.model, vocab_size);
   m.module->to(m.device);
   m.params = m.module->parameters();
 
-  OptimizerSpec spec;
-  spec.variant = c.optim.variant;
-  spec.lr_matrix = c.optim.lr_matrix;
-  spec.lr_vector = c.optim.lr_vector;
-  spec.weight_decay_matrix = c.optim.weight_decay_matrix;
-  spec.weight_decay_vector = c.optim.weight_decay_vector;
-  spec.beta1 = c.optim.beta1;
-  spec.beta2 = c.optim.beta2;
-  spec.eps = c.optim.eps;
-  spec.momentum = c.optim.momentum;
-  spec.nesterov = c.optim.nesterov;
-  spec.method = parse_method(c.optim.method);
-  spec.scale = parse_scale_mode(c.optim.scale);
-  spec.split_rows_patterns = c.optim.split_rows;
-  spec.split_rows_by_shape = c.optim.split_rows_by_shape;
-  spec.split_rows_blocks = c.optim.split_rows_blocks;
-  spec.spectral.tol(c.optim.spectral_tol).ns_steps(c.optim.ns_steps).newton_lower(c.optim.newton_lower);
-  m.optimizer = make_optimizer(m.module->named_parameters(), spec);
+  m.optimizer = make_optimizer(m.module->named_parameters(), optimizer_spec(c.optim));
   m.p_schedule = PSchedule::parse(c.optim.p_schedule);
 
   m.totals.best_val_loss = kInf;

@@ -24,6 +24,9 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // The keys that may differ between a checkpoint and the resuming config: they
 // change where and how often things are written, not what is computed.
 bool resumable_difference(const std::string& key);
+
+// (inputs, targets) → the mean loss of the batch.
+using LossFn = std::function<at::Tensor(const at::Tensor&, const at::Tensor&)>;
 }  // namespace detail
 
 struct Trainer::Impl {
@@ -32,7 +35,7 @@ struct Trainer::Impl {
   torch::Device device{torch::kCPU};
 
   std::shared_ptr<torch::nn::Module> module;
-  std::function<at::Tensor(const at::Tensor&, const at::Tensor&)> loss_fn;
+  detail::LossFn loss_fn;
   std::vector<at::Tensor> params;
 
   // Exactly one of the two data kinds is set.

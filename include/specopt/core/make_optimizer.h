@@ -54,7 +54,7 @@ class SpectralOptimizer {
     bool matrix;       // matrix group (lr_matrix, p) or vector group (lr_vector, p = 1)
   };
   // Use make_optimizer().
-  SpectralOptimizer(OptimizerSpec spec, Variant variant,
+  SpectralOptimizer(Variant variant,
                     std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers,
                     std::vector<Group> groups, std::vector<std::string> parameter_names);
 
@@ -71,13 +71,11 @@ class SpectralOptimizer {
   void load(torch::serialize::InputArchive& archive);
   std::vector<torch::optim::Optimizer*> optimizers();  // the underlying ones
   const std::vector<Group>& groups() const { return groups_; }
-  const OptimizerSpec& spec() const { return spec_; }
   const Variant& variant() const { return variant_; }
   // Names of all managed parameters in order (matrices first, then vectors).
   const std::vector<std::string>& parameter_names() const { return names_; }
 
  private:
-  OptimizerSpec spec_;
   Variant variant_;
   std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers_;
   std::vector<Group> groups_;

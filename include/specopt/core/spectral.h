@@ -49,6 +49,18 @@
 
 namespace specopt {
 
+// The range of p this library computes Ψ_p for, [-½, 1] (the study's
+// variants lie in [0, 1]; p < 0 inverts small singular values, bounded by
+// neg_eps). Every check of p uses p_in_range.
+constexpr double kMinP = -0.5;
+constexpr double kMaxP = 1.0;
+// p is finite and in [kMinP, kMaxP].
+inline bool p_in_range(double p) { return p >= kMinP && p <= kMaxP; }
+
+// ASCII lower case: the one normalisation of the case-insensitive names
+// (methods, scale modes, variants).
+std::string ascii_lower(std::string s);
+
 // How Ψ_p is computed. Names (lower case) are shared by configs, logs and
 // bindings through method_name / parse_method.
 enum class Method {

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace specopt {
@@ -30,6 +31,9 @@ struct Variant {
 const std::vector<Variant>& named_variants();
 // Throws c10::Error naming the bad string and listing the valid forms.
 Variant parse_variant(const std::string& text);
+// Other names parse_variant accepts, with the variant each stands for
+// ("AdamW" → "Adam").
+const std::vector<std::pair<std::string, std::string>>& variant_aliases();
 // Canonical name for (family, p): a table name when p is 1, ½, ¼ or 0, else "adam:p=<p>".
 std::string variant_name(Family family, double p);
 std::string family_name(Family family);  // "Adam" / "mSGD"

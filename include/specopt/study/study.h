@@ -15,13 +15,14 @@
 //                                      (+ train.log: the subprocess' stdout/stderr)
 //   STUDY_DIR/report.md, results.csv, runs.csv, curves.csv, analysis.json, *.png
 //
-// The only coupling to the trainer is its CLI and run-directory format (API.md):
+// The only coupling to the trainer is its CLI and run-directory format (train/run_dir.h):
 // a run is finished when RUN_DIR/summary.json exists; a run with RUN_DIR/checkpoint.pt
 // but no summary is resumed with `--resume`.
 #pragma once
 
 #include "specopt/core/variants.h"
 #include "specopt/study/study_config.h"
+#include "specopt/train/child_process.h"  // self_executable
 
 #include <cstdint>
 #include <functional>
@@ -77,8 +78,6 @@ using Launcher = std::function<int(const LaunchRequest&)>;
 // (StudyRunOptions::handle_signals), a SIGINT/SIGTERM of the study is forwarded to the children.
 Launcher subprocess_launcher(std::string executable);
 
-// This very binary (readlink /proc/self/exe): studies run the runs through their own CLI.
-std::string self_executable();
 
 struct StudyRunOptions {
   int64_t workers = 0;            // 0: the config's value

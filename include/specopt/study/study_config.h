@@ -34,7 +34,7 @@ namespace specopt {
 //   [study.overrides]                  # extra per-variant train overrides (--set key=value)
 //   AdamQ = ["optim.lr_vector=6e-4"]
 //
-// Every other table (run, model, data, optim, train) is the base train config (API.md).
+// Every other table (run, model, data, optim, train) is the base train config (train/config.h).
 struct StudyConfig {
   std::string name;
   std::vector<std::string> variants;                   // canonical names (parse_variant)
