@@ -2,6 +2,7 @@
 // scripts/plot_study.py.
 #include "specopt/study/report.h"
 
+#include "specopt/train/child_process.h"  // self_executable
 #include "specopt/train/run_dir.h"
 
 #include <c10/util/Exception.h>
@@ -308,11 +309,12 @@ std::string find_plot_script(const ReportOptions& options) {
   if (!options.plot_script.empty()) return options.plot_script;
   if (const char* env = std::getenv("SPECOPT_PLOT_SCRIPT")) return env;
   std::vector<fs::path> candidates;
-  std::error_code ec;
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
+  try {
+    const fs::path exe = self_executable();
     candidates.push_back(exe.parent_path() / ".." / "scripts" / "plot_study.py");
     candidates.push_back(exe.parent_path() / ".." / ".." / "scripts" / "plot_study.py");
+  } catch (const c10::Error&) {
+    // No /proc: only the working directory's scripts/.
   }
   candidates.push_back(fs::path("scripts") / "plot_study.py");
   for (const auto& c : candidates)
