@@ -1,6 +1,7 @@
 // `specopt study CONFIG`: the controlled study (variants × lr grid × seeds) and its report.
 #include "commands.h"
 
+#include "specopt/study/report.h"
 #include "specopt/study/study.h"
 #include "specopt/train/trainer.h"  // kExitInterrupted
 

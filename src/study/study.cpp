@@ -1,18 +1,17 @@
-// The study runner: config, plan, resumable parallel launch of `specopt train`
-// subprocesses, and reading their run directories. The analysis and the report
-// are in report.cpp.
+// The study runner: plan, resumable parallel launch of `specopt train` subprocesses, and
+// reading their run directories. The config is study_config.cpp, the analysis analysis.cpp and
+// verdict.cpp, the report report.cpp.
 #include "specopt/study/study.h"
 #include "specopt/train/child_process.h"
+#include "specopt/train/config.h"  // toml_float
 
-#include "specopt/train/config.h"
+#include "specopt/train/run_dir.h"
 #include "specopt/train/trainer.h"  // kExitInterrupted
 
 #include "train/stop_signals.h"
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
-#include <toml++/toml.h>
 
 #include <fcntl.h>
 #include <signal.h>
@@ -40,261 +39,6 @@ extern char** environ;
 namespace specopt {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-// ---------------------------------------------------------------- config ---
-
-const std::vector<std::string>& study_keys() {
-  static const std::vector<std::string> keys = {
-      "name", "variants", "lrs", "seeds", "workers", "threads",
-      "study_dir", "reference", "stable_tolerance", "reference_tolerance", "overrides"};
-  return keys;
-}
-
-std::string join(const std::vector<std::string>& items, const std::string& sep) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? sep : "") + items[i];
-  return out;
-}
-
-// "a.b.c=value": the value is parsed as a TOML value (numbers, booleans, arrays, quoted
-// strings); anything that does not parse is taken as a bare string (variant=AdamS).
-void apply_study_override(toml::table& root, const std::string& assignment, const std::string& file) {
-  const auto eq = assignment.find('=');
-  TORCH_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment,
-              "': expected key=value (e.g. study.workers=2 or train.steps=100)");
-  const std::string key = assignment.substr(0, eq);
-  const std::string value = assignment.substr(eq + 1);
-  std::vector<std::string> parts;
-  std::stringstream ss(key);
-  for (std::string part; std::getline(ss, part, '.');) {
-    TORCH_CHECK(!part.empty(), "--set '", assignment, "': empty component in key '", key, "'");
-    parts.push_back(part);
-  }
-  toml::table* table = &root;
-  for (size_t i = 0; i + 1 < parts.size(); ++i) {
-    toml::node* child = table->get(parts[i]);
-    if (!child) {
-      table->insert(parts[i], toml::table{});
-      child = table->get(parts[i]);
-    }
-    TORCH_CHECK(child->is_table(), "--set '", assignment, "': '", parts[i],
-                "' is not a table in ", file);
-    table = child->as_table();
-  }
-  toml::table parsed;
-  bool is_toml = true;
-  try {
-    parsed = toml::parse("v = " + value);
-  } catch (const toml::parse_error&) {
-    is_toml = false;
-  }
-  if (is_toml && parsed.get("v") != nullptr) {
-    // Copy the parsed node whatever its type.
-    parsed.get("v")->visit([&](auto&& node) { table->insert_or_assign(parts.back(), node); });
-  } else {
-    table->insert_or_assign(parts.back(), value);
-  }
-}
-
-std::vector<double> read_lr_grid(const toml::node& node, const std::string& key,
-                                 const std::string& file) {
-  const toml::array* arr = node.as_array();
-  TORCH_CHECK(arr != nullptr, key, " in ", file, " must be an array of learning rates");
-  TORCH_CHECK(!arr->empty(), key, " in ", file, " is empty: give at least one learning rate");
-  std::vector<double> grid;
-  for (const auto& item : *arr) {
-    const auto v = item.value<double>();
-    TORCH_CHECK(v.has_value(), key, " in ", file, ": every entry must be a number");
-    TORCH_CHECK(std::isfinite(*v) && *v > 0, key, " in ", file,
-                ": learning rates must be finite and > 0, got ", *v);
-    grid.push_back(*v);
-  }
-  std::sort(grid.begin(), grid.end());
-  TORCH_CHECK(std::adjacent_find(grid.begin(), grid.end()) == grid.end(), key, " in ", file,
-              " lists a learning rate twice");
-  return grid;
-}
-
-int64_t read_int(const toml::node& node, const std::string& key, const std::string& file,
-                 int64_t min) {
-  const auto v = node.value<int64_t>();
-  TORCH_CHECK(v.has_value() && node.is_integer(), key, " in ", file, " must be an integer");
-  TORCH_CHECK(*v >= min, key, " in ", file, " must be >= ", min, ", got ", *v);
-  return *v;
-}
-
-std::string read_string(const toml::node& node, const std::string& key, const std::string& file) {
-  const auto v = node.value<std::string>();
-  TORCH_CHECK(v.has_value() && node.is_string(), key, " in ", file, " must be a string");
-  return *v;
-}
-
-}  // namespace
-
-StudyConfig load_study_config(const std::string& path, const std::vector<std::string>& overrides) {
-  TORCH_CHECK(fs::exists(path), "study config '", path, "' does not exist");
-  toml::table root;
-  try {
-    root = toml::parse_file(path);
-  } catch (const toml::parse_error& err) {
-    TORCH_CHECK(false, "study config '", path, "' line ", err.source().begin.line, ": ",
-                std::string(err.description()));
-  }
-  for (const auto& o : overrides) apply_study_override(root, o, path);
-
-  StudyConfig cfg;
-  cfg.config_path = path;
-  cfg.set_overrides = overrides;
-  const toml::table* study = root["study"].as_table();
-  TORCH_CHECK(study != nullptr, "study config '", path, "' has no [study] table");
-
-  for (const auto& [k, v] : *study) {
-    const std::string key(k.str());
-    const auto& keys = study_keys();
-    TORCH_CHECK(std::find(keys.begin(), keys.end(), key) != keys.end(), "unknown key 'study.", key,
-                "' in ", path, " (valid: ", join(keys, ", "), ")");
-  }
-
-  cfg.name = fs::path(path).stem().string();
-  if (const auto* n = study->get("name")) cfg.name = read_string(*n, "study.name", path);
-  TORCH_CHECK(!cfg.name.empty(), "study.name in ", path, " is empty");
-
-  // Variants.
-  const toml::node* variants = study->get("variants");
-  TORCH_CHECK(variants != nullptr, "study config '", path, "' lacks study.variants");
-  const toml::array* varr = variants->as_array();
-  TORCH_CHECK(varr != nullptr, "study.variants in ", path, " must be an array of variant names");
-  TORCH_CHECK(!varr->empty(), "study.variants in ", path, " is empty: name at least one variant");
-  for (const auto& item : *varr) {
-    const auto s = item.value<std::string>();
-    TORCH_CHECK(s.has_value(), "study.variants in ", path, ": every entry must be a string");
-    Variant v;
-    try {
-      v = parse_variant(*s);
-    } catch (const c10::Error& e) {
-      TORCH_CHECK(false, "study.variants in ", path, ": ", e.what_without_backtrace());
-    }
-    TORCH_CHECK(std::find(cfg.variants.begin(), cfg.variants.end(), v.name) == cfg.variants.end(),
-                "study.variants in ", path, " lists '", v.name, "' twice");
-    cfg.variants.push_back(v.name);
-  }
-
-  // Learning-rate grids: an array for all variants, or a table of per-variant arrays with an
-  // optional `default`.
-  const toml::node* lrs = study->get("lrs");
-  TORCH_CHECK(lrs != nullptr, "study config '", path, "' lacks study.lrs");
-  std::vector<double> default_grid;
-  std::map<std::string, std::vector<double>> named;
-  if (lrs->is_array()) {
-    default_grid = read_lr_grid(*lrs, "study.lrs", path);
-  } else if (const toml::table* t = lrs->as_table()) {
-    for (const auto& [k, v] : *t) {
-      const std::string key(k.str());
-      const std::string full = "study.lrs." + key;
-      if (key == "default") {
-        default_grid = read_lr_grid(v, full, path);
-        continue;
-      }
-      Variant var;
-      try {
-        var = parse_variant(key);
-      } catch (const c10::Error& e) {
-        TORCH_CHECK(false, full, " in ", path, ": ", e.what_without_backtrace());
-      }
-      TORCH_CHECK(std::find(cfg.variants.begin(), cfg.variants.end(), var.name) != cfg.variants.end(),
-                  full, " in ", path, ": variant '", var.name, "' is not in study.variants");
-      named[var.name] = read_lr_grid(v, full, path);
-    }
-  } else {
-    TORCH_CHECK(false, "study.lrs in ", path,
-                " must be an array or a table of per-variant arrays ([study.lrs])");
-  }
-  for (const auto& v : cfg.variants) {
-    auto it = named.find(v);
-    if (it != named.end()) {
-      cfg.lrs[v] = it->second;
-    } else {
-      TORCH_CHECK(!default_grid.empty(), "study config '", path, "': no learning-rate grid for '", v,
-                  "' (add study.lrs.", v, " or study.lrs.default)");
-      cfg.lrs[v] = default_grid;
-    }
-  }
-
-  if (const auto* s = study->get("seeds")) {
-    const toml::array* arr = s->as_array();
-    TORCH_CHECK(arr != nullptr, "study.seeds in ", path, " must be an array of integers");
-    TORCH_CHECK(!arr->empty(), "study.seeds in ", path, " is empty");
-    cfg.seeds.clear();
-    for (const auto& item : *arr) cfg.seeds.push_back(read_int(item, "study.seeds", path, 0));
-    std::set<int64_t> unique(cfg.seeds.begin(), cfg.seeds.end());
-    TORCH_CHECK(unique.size() == cfg.seeds.size(), "study.seeds in ", path, " lists a seed twice");
-  }
-  if (const auto* w = study->get("workers")) cfg.workers = read_int(*w, "study.workers", path, 1);
-  if (const auto* t = study->get("threads")) cfg.threads = read_int(*t, "study.threads", path, 0);
-  for (auto [key, field] : {std::pair<const char*, double*>{"stable_tolerance", &cfg.stable_tolerance},
-                            {"reference_tolerance", &cfg.reference_tolerance}}) {
-    if (const auto* t = study->get(key)) {
-      const auto v = t->value<double>();
-      TORCH_CHECK(v.has_value() && std::isfinite(*v) && *v >= 0, "study.", key, " in ", path,
-                  " must be a number >= 0");
-      *field = *v;
-    }
-  }
-  cfg.study_dir = "runs/study/" + cfg.name;
-  if (const auto* d = study->get("study_dir")) cfg.study_dir = read_string(*d, "study.study_dir", path);
-  if (const auto* r = study->get("reference")) {
-    cfg.reference_configured = true;
-    fs::path ref = read_string(*r, "study.reference", path);
-    if (ref.is_relative()) ref = fs::path(path).parent_path() / ref;
-    cfg.reference = ref.lexically_normal().string();
-  }
-
-  if (const auto* o = study->get("overrides")) {
-    const toml::table* t = o->as_table();
-    TORCH_CHECK(t != nullptr, "study.overrides in ", path,
-                " must be a table of per-variant arrays of \"key=value\" strings");
-    for (const auto& [k, v] : *t) {
-      const std::string full = "study.overrides." + std::string(k.str());
-      Variant var;
-      try {
-        var = parse_variant(std::string(k.str()));
-      } catch (const c10::Error& e) {
-        TORCH_CHECK(false, full, " in ", path, ": ", e.what_without_backtrace());
-      }
-      TORCH_CHECK(std::find(cfg.variants.begin(), cfg.variants.end(), var.name) != cfg.variants.end(),
-                  full, " in ", path, ": variant '", var.name, "' is not in study.variants");
-      const toml::array* arr = v.as_array();
-      TORCH_CHECK(arr != nullptr, full, " in ", path, " must be an array of \"key=value\" strings");
-      for (const auto& item : *arr) {
-        const auto s = item.value<std::string>();
-        TORCH_CHECK(s.has_value(), full, " in ", path, ": every entry must be a \"key=value\" string");
-        cfg.overrides[var.name].push_back(*s);
-      }
-    }
-  }
-
-  // Base train config: everything but [study]. Validated now (unknown keys, bad values) so a
-  // typo fails before the first of many runs starts, with the trainer's own message.
-  toml::table base = root;
-  base.erase("study");
-  std::ostringstream os;
-  os << base << "\n";
-  try {
-    const TrainConfig base_config = config_from_toml_string(os.str(), path);
-    // Resolved (every key) and written by config_to_toml: shortest-form floats.
-    cfg.train_config_toml = config_to_toml(base_config);
-    for (const auto& [variant, sets] : cfg.overrides) {
-      TrainConfig c = base_config;
-      for (const auto& s : sets) apply_override(c, s);
-      c.validate();
-    }
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "study config '", path, "': ", e.what_without_backtrace());
-  }
-  return cfg;
-}
 
 // ----------------------------------------------------------------- runs ---
 
@@ -342,8 +86,9 @@ std::vector<StudyRun> plan_study(const StudyConfig& config) {
 }
 
 RunState run_state(const std::string& run_dir) {
-  if (fs::exists(fs::path(run_dir) / "summary.json")) return RunState::kFinished;
-  if (fs::exists(fs::path(run_dir) / "checkpoint.pt")) return RunState::kPartial;
+  const RunPaths paths(run_dir);
+  if (fs::exists(paths.summary)) return RunState::kFinished;
+  if (fs::exists(paths.checkpoint)) return RunState::kPartial;
   return RunState::kPending;
 }
 
@@ -590,59 +335,29 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
 
 // --------------------------------------------------------------- results ---
 
-namespace {
-
-double json_loss(const nlohmann::json& j, const char* key, const std::string& file) {
-  if (!j.contains(key) || j[key].is_null()) return std::numeric_limits<double>::infinity();
-  const auto& v = j[key];
-  if (v.is_number()) return v.get<double>();
-  if (v.is_string()) {
-    std::string s = v.get<std::string>();
-    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
-    if (s == "inf" || s == "+inf" || s == "infinity" || s == "nan")
-      return std::numeric_limits<double>::infinity();
-  }
-  TORCH_CHECK(false, file, ": '", key, "' must be a number, \"inf\" or null, got ", v.dump());
-}
-
-}  // namespace
-
 RunResult read_run_result(const StudyRun& run) {
   RunResult r;
   r.run = run;
-  const fs::path file = fs::path(run.dir) / "summary.json";
-  if (!fs::exists(file)) return r;
-  nlohmann::json j;
+  const RunPaths paths(run.dir);
+  if (!fs::exists(paths.summary)) return r;
+  RunSummary s;
   try {
-    std::ifstream in(file);
-    j = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(false, "malformed run summary ", file.string(), ": ", e.what());
+    s = read_summary(paths.summary);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "malformed run summary ", paths.summary, ": ", e.what_without_backtrace());
   }
-  TORCH_CHECK(j.is_object(), "malformed run summary ", file.string(), ": not a JSON object");
-  const std::string status = j.value("status", std::string("finished"));
-  const bool diverged_flag = j.contains("diverged") && j["diverged"].is_boolean() && j["diverged"].get<bool>();
-  r.final_val_loss = json_loss(j, "final_val_loss", file.string());
-  r.best_val_loss = j.contains("best_val_loss") ? json_loss(j, "best_val_loss", file.string())
-                                                 : r.final_val_loss;
-  const bool diverged = diverged_flag || status == "diverged" || !std::isfinite(r.final_val_loss);
+  // read_summary gives +inf for a missing / null / "inf" loss and NaN for "nan": every
+  // non-finite final loss, the diverged flag and status "diverged" are all a divergence.
+  const bool diverged = s.diverged || s.status == "diverged" || !std::isfinite(s.final_val_loss);
   r.status = diverged ? RunStatus::kDiverged : RunStatus::kFinished;
-  if (diverged) r.final_val_loss = std::numeric_limits<double>::infinity();
-  auto num = [&](const char* key) {
-    return j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
-  };
-  r.steps_done = static_cast<int64_t>(num("steps_done"));
-  if (num("tokens_per_s") > 0) {
-    r.throughput = num("tokens_per_s");
-    r.throughput_unit = "tokens/s";
-  } else if (num("samples_per_s") > 0) {
-    r.throughput = num("samples_per_s");
-    r.throughput_unit = "samples/s";
-  }
-  r.spectral_share = num("spectral_share");
-  r.wall_s = num("wall_s");
-  if (j.contains("final_val_accuracy") && j["final_val_accuracy"].is_number())
-    r.final_val_accuracy = j["final_val_accuracy"].get<double>();
+  r.final_val_loss = diverged ? std::numeric_limits<double>::infinity() : s.final_val_loss;
+  r.best_val_loss = s.best_val_loss;
+  r.steps_done = s.steps_done;
+  r.throughput = s.throughput;
+  r.throughput_unit = s.throughput_unit.empty() ? "" : s.throughput_unit + "/s";
+  r.spectral_share = s.spectral_share;
+  r.wall_s = s.wall_s;
+  r.final_val_accuracy = s.final_val_accuracy;
   return r;
 }
 

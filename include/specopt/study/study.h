@@ -1,6 +1,8 @@
 // The controlled study: variants × learning-rate grid × seeds, each run a
 // `specopt train` subprocess, followed by a report (tables, claim verdicts,
 // plots) in the spirit of "Delving into Muon and Beyond" (arXiv 2602.04669).
+// This header: the study config, the plan, the runner and the run results; the analysis is
+// specopt/study/analysis.h, the verdicts specopt/study/verdict.h, the report specopt/study/report.h.
 //
 //   StudyConfig cfg = load_study_config("configs/study/fmnist-quick.toml");
 //   StudyOutcome out = run_study(cfg);                 // resumable, parallel
@@ -19,6 +21,7 @@
 #pragma once
 
 #include "specopt/core/variants.h"
+#include "specopt/study/study_config.h"
 #include "specopt/train/child_process.h"  // self_executable
 
 #include <cstdint>
@@ -30,53 +33,6 @@
 #include <vector>
 
 namespace specopt {
-
-// ---------------------------------------------------------------- config ---
-
-// The [study] table of a study config plus the train config it shares.
-//
-//   [study]
-//   name = "fmnist-quick"
-//   variants = ["Adam", "AdamS", ..., "mSGDZ"]
-//   lrs = [1e-3, 3e-3, 1e-2]          # one grid (optim.lr_matrix) for every variant, or
-//   [study.lrs]                        # per-variant grids; `default` for the variants not named
-//   default = [1e-3, 3e-3, 1e-2]
-//   mSGD = [0.03, 0.1, 0.3]
-//   seeds = [0, 1, 2]
-//   workers = 1                        # parallel runs; each gets threads / workers threads
-//   threads = 0                        # total threads of the study (0 = all cores)
-//   study_dir = "runs/study/fmnist-quick"   # relative to the working directory
-//   reference = "../reference/paper_gpt2_124m.json"  # relative to the config file
-//   stable_tolerance = 0.02            # see analyze_study()
-//   reference_tolerance = 0.02         # the same, for the paper's numbers (loss level ~2.9)
-//   [study.overrides]                  # extra per-variant train overrides (--set key=value)
-//   AdamQ = ["optim.lr_vector=6e-4"]
-//
-// Every other table (run, model, data, optim, train) is the base train config (train/config.h).
-struct StudyConfig {
-  std::string name;
-  std::vector<std::string> variants;                   // canonical names (parse_variant)
-  std::map<std::string, std::vector<double>> lrs;      // variant → lr_matrix grid, ascending
-  std::map<std::string, std::vector<std::string>> overrides;  // variant → extra "key=value"
-  std::vector<int64_t> seeds = {0};
-  int64_t workers = 1;
-  int64_t threads = 0;
-  std::string study_dir;                               // default runs/study/<name>
-  std::string reference;      // resolved path of the paper's reference JSON ("" = none)
-  bool reference_configured = false;                   // `reference` was given in the config
-  double stable_tolerance = 0.02;
-  double reference_tolerance = 0.02;
-  std::string config_path;                             // the file it was loaded from
-  std::vector<std::string> set_overrides;              // load_study_config's `overrides` (--set)
-  std::string train_config_toml;                       // base train config, serialized TOML
-};
-
-// Loads and validates a study config. `overrides` are "dotted.key=value" strings applied to the
-// file before validation (value parsed as a TOML value, else taken as a string), e.g.
-// "study.workers=2" or "train.steps=50". Unknown [study] keys, an empty variant list, unknown
-// variant names, empty/non-positive lr grids, a grid for a variant that is not studied, an empty
-// seed list → c10::Error naming the offending key/value and the file.
-StudyConfig load_study_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // ----------------------------------------------------------------- runs ---
 
@@ -177,100 +133,5 @@ struct RunResult {
 // status "diverged" or a non-finite final loss → kDiverged with final_val_loss = +inf.
 RunResult read_run_result(const StudyRun& run);
 std::vector<RunResult> collect_results(const StudyConfig& config);
-
-// ------------------------------------------------------------- analysis ---
-//
-// Definitions (also in docs/study.md):
-//  * cell (variant, lr): over its seeds with a summary, mean and sample standard deviation
-//    (n - 1 denominator; 0 for one seed) of the final validation loss. If any seed diverged the
-//    cell's mean is +inf (std NaN) and the cell is marked diverged.
-//  * best lr of a variant: the lr of its smallest finite cell mean.
-//  * reference level L*: the smallest best mean over all variants of the study.
-//  * stable cell: no seed diverged and mean ≤ (1 + tolerance) · L*.
-//  * stable range of a variant: the contiguous run of stable grid points around its best lr
-//    (empty when the best cell itself is not stable). Its width is reported as the number of
-//    grid points and as log10(lr_max / lr_min) in decades (0 for one point). Widths are lower
-//    bounds: a range that touches the end of the grid may extend further.
-
-struct LrCell {
-  double lr = 0.0;
-  std::map<int64_t, double> losses;   // seed → final val loss (+inf = diverged)
-  int64_t n_missing = 0;
-  int64_t n_diverged = 0;
-  double mean = 0.0;                  // +inf if any seed diverged; NaN if no seed has a result
-  double std = 0.0;
-  bool stable = false;
-};
-
-struct VariantResult {
-  std::string variant;
-  Family family = Family::kAdam;
-  double p = 1.0;
-  std::vector<LrCell> cells;          // ascending lr
-  int64_t best = -1;                  // index into cells (-1: no finite cell)
-  bool best_at_edge = false;          // best lr is the smallest or largest of ≥ 2 grid points:
-                                      // the optimum may lie outside the grid
-  int64_t stable_points = 0;
-  double stable_lo = 0.0, stable_hi = 0.0;   // lr range of the stable run (valid if points > 0)
-  double stable_decades = 0.0;        // log10(stable_hi / stable_lo)
-  int64_t diverged_runs = 0;
-  double throughput = 0.0;            // median over finished runs (0 = unknown)
-  std::string throughput_unit;
-  double spectral_share = 0.0;        // median over finished runs
-};
-
-enum class Verdict { kHolds, kPartly, kFails, kNotTested };
-std::string verdict_name(Verdict v);  // "holds", "partly holds", "does not hold", "not tested"
-
-struct ClaimVerdict {
-  int number = 0;                 // 1, 2, 3 (the study's claims, in the reference's order)
-  std::string claim;
-  Verdict verdict = Verdict::kNotTested;
-  std::string evidence;           // the numbers behind the verdict, one sentence or more
-};
-
-struct StudyAnalysis {
-  std::vector<VariantResult> variants;   // in the given variant order
-  double reference_level = 0.0;          // L* (NaN if no finite cell)
-  double tolerance = 0.0;
-  std::vector<ClaimVerdict> claims;
-  int64_t runs_total = 0, runs_finished = 0, runs_diverged = 0, runs_missing = 0;
-};
-
-// Aggregates run results (any order) per variant and lr, then evaluates the three claims:
-//  (1) RMS-normalised updates (Adam family) are more stable across learning rates than
-//      first-moment updates (mSGD family): compares the family means of the stable widths
-//      (decades, then points) and the families' diverged-run counts. Holds if one criterion
-//      favours the Adam family and none the mSGD family; does not hold if the reverse (or neither
-//      favours Adam); partly otherwise.
-//  (2) p < 1 stabilises momentum SGD: each mSGD variant with p < 1 against mSGD (p = 1): it
-//      stabilises if its stable range is wider (decades, then points), or equally wide with fewer
-//      diverged runs. Holds if all do, partly if some, does not hold if none.
-//  (3) p = 0 is not consistently better than Adam: each p = 0 variant at its best lr against Adam
-//      at Adam's best lr, paired by seed; "consistently better" = lower final loss in every
-//      common seed. Holds if no p = 0 variant is consistently better, else does not hold.
-StudyAnalysis analyze_study(const std::vector<RunResult>& results,
-                            const std::vector<std::string>& variant_order, double tolerance);
-
-// The paper's published final validation losses (reference JSON, one seed, null = diverged)
-// as run results, so the same analysis applies. Unknown/malformed file → c10::Error naming it.
-std::vector<RunResult> reference_results(const std::string& path);
-std::vector<std::string> reference_variants(const std::string& path);
-
-// ---------------------------------------------------------------- report ---
-
-struct ReportOptions {
-  std::string python = "/usr/bin/python3";   // env SPECOPT_PYTHON overrides
-  std::string plot_script;                   // "" = search (env SPECOPT_PLOT_SCRIPT, next to the
-                                             // executable's ../scripts, ./scripts)
-  bool plots = true;
-};
-
-// Writes STUDY_DIR/{results.csv, runs.csv, curves.csv, analysis.json, report.md} and, through
-// scripts/plot_study.py, lr_sweep.png, curves.png (and lr_sweep_reference.png with a reference).
-// Returns the path of report.md.
-std::string write_study_report(const StudyConfig& config, const StudyAnalysis& analysis,
-                               const std::vector<RunResult>& results,
-                               const ReportOptions& options = {});
 
 }  // namespace specopt
