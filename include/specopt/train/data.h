@@ -27,7 +27,7 @@
 namespace specopt {
 
 namespace detail {
-struct MappedFile;  // a read-only POSIX mapping of a whole file (src/train/data.cpp)
+struct MappedFile;  // a read-only POSIX mapping of a whole file (src/train/data_files.h)
 }  // namespace detail
 
 // A 1-D stream of token ids (bytes of a text, or nanoGPT uint16 tokens).
