@@ -81,7 +81,7 @@ bool SpectralOptimizer::step() {
   std::vector<at::Tensor> grads;
   grads.reserve(params_.size());
   for (const auto& w : params_) grads.push_back(w.grad());
-  if (!grads_finite(grads, names_, spec_.on_nonfinite)) {
+  if (!grads_finite(grads, names_, on_nonfinite_)) {
     ++skipped_steps_;
     return false;
   }
@@ -256,8 +256,10 @@ std::unique_ptr<SpectralOptimizer> make_optimizer(
         },
         vector_parts);
   }
-  return std::make_unique<SpectralOptimizer>(variant, std::move(optimizers), std::move(groups),
-                                             std::move(names));
+  auto opt = std::make_unique<SpectralOptimizer>(variant, std::move(optimizers), std::move(groups),
+                                                 std::move(names));
+  opt->set_on_nonfinite(spec.on_nonfinite);
+  return opt;
 }
 
 std::unique_ptr<SpectralOptimizer> make_optimizer(

@@ -67,10 +67,12 @@ class SpectralOptimizer {
                     std::vector<Group> groups, std::vector<std::string> parameter_names);
 
   // Checks all gradients for NaN/Inf before anything changes: then, as
-  // spec().on_nonfinite says, throws naming the parameter, or skips the step
-  // (returns false, counted by skipped_steps()). Else steps every underlying
-  // optimizer and returns true.
+  // on_nonfinite() says (make_optimizer sets OptimizerSpec::on_nonfinite),
+  // throws naming the parameter, or skips the step (returns false, counted by
+  // skipped_steps()). Else steps every underlying optimizer and returns true.
   bool step();
+  void set_on_nonfinite(OnNonFinite policy) { on_nonfinite_ = policy; }
+  OnNonFinite on_nonfinite() const { return on_nonfinite_; }
   int64_t skipped_steps() const { return skipped_steps_; }
   void zero_grad();  // releases the gradients (set_to_none), on every LibTorch version
   void set_lr(double lr_matrix, double lr_vector);  // per-step schedules
@@ -92,6 +94,7 @@ class SpectralOptimizer {
   std::vector<Group> groups_;
   std::vector<std::string> names_;
   std::vector<at::Tensor> params_;  // in the order of names_
+  OnNonFinite on_nonfinite_ = OnNonFinite::kRaise;
   int64_t skipped_steps_ = 0;
 };
 
