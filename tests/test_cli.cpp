@@ -18,12 +18,7 @@ using specopt::testing::wait_exit_code;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("specopt_test_cli_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path scratch(const std::string& name) { return specopt::testing::scratch_dir("test_cli", name); }
 
 // Runs the CLI; returns {exit status, stdout+stderr}.
 std::pair<int, std::string> cli(const std::vector<std::string>& args, const std::string& name) {

@@ -22,12 +22,7 @@ using specopt::testing::slurp;
 
 namespace {
 
-fs::path scratch(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("specopt_test_export_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path scratch(const std::string& name) { return specopt::testing::scratch_dir("test_export", name); }
 
 specopt::TrainConfig config_of(const std::vector<std::string>& sets) {
   specopt::TrainConfig c;
