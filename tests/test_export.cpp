@@ -24,13 +24,6 @@ namespace {
 
 fs::path scratch(const std::string& name) { return specopt::testing::scratch_dir("test_export", name); }
 
-specopt::TrainConfig config_of(const std::vector<std::string>& sets) {
-  specopt::TrainConfig c;
-  for (const auto& s : sets) specopt::apply_override(c, s);
-  c.validate();
-  return c;
-}
-
 const std::vector<std::string> kGpt = {
     "model.kind=gpt",      "model.n_layer=1",     "model.n_head=2",      "model.n_embd=16",
     "model.block_size=16", "data.kind=kjv",       "data.val_limit=8192", "train.batch_size=4",
@@ -43,7 +36,7 @@ const std::vector<std::string> kMlp = {
 // Trains two steps and checkpoints; returns the trainer's named tensors (cloned).
 std::vector<std::pair<std::string, at::Tensor>> train_and_save(const std::vector<std::string>& sets,
                                                                const std::string& path) {
-  specopt::Trainer trainer(config_of(sets));
+  specopt::Trainer trainer(specopt::load_config("", sets));
   trainer.step();
   trainer.step();
   trainer.save_checkpoint(path);

@@ -24,13 +24,6 @@ namespace {
 
 fs::path scratch(const std::string& name) { return specopt::testing::scratch_dir("test_metrics", name); }
 
-specopt::TrainConfig config_of(const std::vector<std::string>& sets) {
-  specopt::TrainConfig c;
-  for (const auto& s : sets) specopt::apply_override(c, s);
-  c.validate();
-  return c;
-}
-
 // 32 validation batches of 16 from the first 512 test images.
 const std::vector<std::string> kMlp = {
     "model.kind=mlp",      "model.hidden=[32]",    "data.kind=fashion_mnist", "data.train_limit=2048",
@@ -49,7 +42,7 @@ std::vector<nlohmann::json> rows_of(const fs::path& path) {
 
 // The accuracy against an independent count: the MLP's argmax over the same 512 test images.
 TEST(Metrics, ValidationAccuracyIsTheShareOfCorrectArgmax) {
-  specopt::Trainer trainer(config_of(kMlp));
+  specopt::Trainer trainer(specopt::load_config("", kMlp));
   EXPECT_TRUE(std::isnan(trainer.val_accuracy()));
   for (int i = 0; i < 8; ++i) trainer.step();
   trainer.evaluate();
@@ -66,9 +59,10 @@ TEST(Metrics, ValidationAccuracyIsTheShareOfCorrectArgmax) {
 }
 
 TEST(Metrics, GptHasNoAccuracy) {
-  specopt::Trainer trainer(config_of({"model.kind=gpt", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
-                                      "model.block_size=16", "data.kind=kjv", "data.val_limit=8192",
-                                      "train.batch_size=4", "train.eval_batches=1", "run.threads=1"}));
+  specopt::Trainer trainer(specopt::load_config(
+      "", {"model.kind=gpt", "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
+           "data.kind=kjv", "data.val_limit=8192", "train.batch_size=4", "train.eval_batches=1",
+           "run.threads=1"}));
   trainer.evaluate();
   EXPECT_TRUE(std::isnan(trainer.val_accuracy()));
 }
@@ -77,7 +71,7 @@ TEST(Metrics, RunDirectoryRecordsAccuracyWallTimeAndItsOwnPath) {
   const fs::path dir = scratch("run");
   specopt::TrainOptions options;
   options.progress = specopt::ProgressMode::kQuiet;
-  const specopt::TrainResult r = specopt::train(config_of(kMlp), dir.string(), options);
+  const specopt::TrainResult r = specopt::train(specopt::load_config("", kMlp), dir.string(), options);
   ASSERT_EQ(r.status, "finished");
 
   const auto rows = rows_of(dir / "metrics.jsonl");
@@ -105,5 +99,5 @@ TEST(Metrics, RunDirectoryRecordsAccuracyWallTimeAndItsOwnPath) {
 
   // A complete run resumed returns its summary, accuracy included.
   options.resume = true;
-  EXPECT_EQ(specopt::train(config_of(kMlp), dir.string(), options).final_val_accuracy, last_accuracy);
+  EXPECT_EQ(specopt::train(specopt::load_config("", kMlp), dir.string(), options).final_val_accuracy, last_accuracy);
 }

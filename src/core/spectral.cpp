@@ -166,17 +166,13 @@ Method resolve_auto(const at::Tensor& O) {
   return O.device().is_cpu() ? Method::kEigh : Method::kNewton;
 }
 
-}  // namespace
-
-at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, SpectralInfo* info) {
-  const Method method = o.method() == Method::kAuto ? resolve_auto(O) : o.method();
-  info->method = method;
-  const auto in_dtype = O.scalar_type();
-  // Compute dtype: as requested; else the input's (bf16/half → float32), except
-  //  * newton_schulz and paper p = 0 run in bfloat16 as Muon does;
-  //  * eigh runs in float64 when tol < 1e-3: the float32 Gram matrix cannot
-  //    resolve eigenvalues below ~1e-7 λ_max (measured float32 errors on
-  //    cond-1e3 inputs: 7e-4 at p = ½, 2e-2 at p = 0).
+// The arithmetic's dtype: as requested; else the input's (bf16/half → float32), except
+//  * newton_schulz and paper p = 0 run in bfloat16 as Muon does;
+//  * eigh runs in float64 when tol < 1e-3: the float32 Gram matrix cannot
+//    resolve eigenvalues below ~1e-7 λ_max (measured float32 errors on
+//    cond-1e3 inputs: 7e-4 at p = ½, 2e-2 at p = 0).
+at::ScalarType compute_dtype_for(Method method, double p, at::ScalarType in_dtype,
+                                 const SpectralOptions& o) {
   at::ScalarType compute = in_dtype == at::kDouble ? at::kDouble : at::kFloat;
   if (o.compute_dtype().has_value()) {
     compute = *o.compute_dtype();
@@ -187,17 +183,56 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
   }
   TORCH_CHECK_VALUE(at::isFloatingType(compute),
               "spectral_power: compute_dtype must be a floating-point type, got ", compute);
-  if (method == Method::kPaper && p == 0.0) {
-    // The scheme's Ψ_0 has its own orientation (wide), normalisation (in O's
-    // dtype) and final shape scale, so it bypasses the tall path below.
-    at::Tensor s = O.abs().amax({-2, -1}, /*keepdim=*/true);
-    check_finite_input(s, O, o);
-    s = paper_rescale(at::where(s == 0, at::ones_like(s), s));  // Ψ_0(O/s) = Ψ_0(O) up to the 1e-7
-    const bool rescale = (s != 1).any().item<bool>();
-    const at::Tensor Y = paper_polar(rescale ? O / s : O, compute, info);
-    check_finite_result(Y, method, p, O);
-    return Y;
+  return compute;
+}
+
+// The published scheme's Ψ_0 has its own orientation (wide), normalisation (in
+// O's dtype) and final shape scale, so it bypasses dispatch's tall path.
+at::Tensor paper_polar_of(const at::Tensor& O, at::ScalarType compute, const SpectralOptions& o,
+                          SpectralInfo* info) {
+  at::Tensor s = O.abs().amax({-2, -1}, /*keepdim=*/true);
+  check_finite_input(s, O, o);
+  s = paper_rescale(at::where(s == 0, at::ones_like(s), s));  // Ψ_0(O/s) = Ψ_0(O) up to the 1e-7
+  const bool rescale = (s != 1).any().item<bool>();
+  const at::Tensor Y = paper_polar(rescale ? O / s : O, compute, info);
+  check_finite_result(Y, Method::kPaper, 0.0, O);
+  return Y;
+}
+
+at::Tensor run_kernel(Method method, const at::Tensor& X, double p, const SpectralOptions& o,
+                      SpectralInfo* info, at::ScalarType in_dtype) {
+  switch (method) {
+    case Method::kSvd: return svd_power(X, p, o, in_dtype);
+    case Method::kEigh: return eigh_power(X, p, o, info, in_dtype);
+    case Method::kNewton: return newton_power(X, p, o, info);
+    case Method::kNewtonSchulz: return newton_schulz_power(X, p, o, info);
+    case Method::kPaper: return paper_power(X, p, info);
+    case Method::kAuto: break;
   }
+  TORCH_CHECK(false, "spectral_power: unresolved method auto");
+}
+
+// Zero rows / columns of O are zero rows / columns of Ψ_p(O) (they lie in the
+// null spaces). newton keeps them exactly zero by construction; the exact
+// methods' U f(Σ) Vᵀ products leave rounding there, so mask it (spectral.h,
+// "Tiny singular values"). Two reductions of X, already read. `paper` is left
+// as the published scheme computes it.
+at::Tensor mask_null_rows_and_columns(at::Tensor Y, const at::Tensor& X, Method method) {
+  if (method == Method::kNewton || method == Method::kPaper) return Y;
+  const at::Tensor zero_rows = X.abs().amax(-1, /*keepdim=*/true) == 0;
+  const at::Tensor zero_cols = X.abs().amax(-2, /*keepdim=*/true) == 0;
+  if ((zero_rows.any() | zero_cols.any()).item<bool>()) Y = Y.masked_fill(zero_rows | zero_cols, 0);
+  return Y;
+}
+
+}  // namespace
+
+at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, SpectralInfo* info) {
+  const Method method = o.method() == Method::kAuto ? resolve_auto(O) : o.method();
+  info->method = method;
+  const auto in_dtype = O.scalar_type();
+  const at::ScalarType compute = compute_dtype_for(method, p, in_dtype, o);
+  if (method == Method::kPaper && p == 0.0) return paper_polar_of(O, compute, o, info);
   // Work on the tall orientation so the Gram matrix is the smaller one
   // (paper_power follows the scheme's own rule for wide inputs).
   const bool wide = O.size(-2) < O.size(-1) && method != Method::kPaper;
@@ -220,30 +255,12 @@ at::Tensor dispatch(const at::Tensor& O, double p, const SpectralOptions& o, Spe
   s = at::where(zero, at::ones_like(s), s);
   if (method == Method::kPaper) s = paper_rescale(s);
   X = fresh ? X.div_(s) : X / s;
-  at::Tensor Y;
-  switch (method) {
-    case Method::kSvd: Y = svd_power(X, p, o, in_dtype); break;
-    case Method::kEigh: Y = eigh_power(X, p, o, info, in_dtype); break;
-    case Method::kNewton: Y = newton_power(X, p, o, info); break;
-    case Method::kNewtonSchulz: Y = newton_schulz_power(X, p, o, info); break;
-    case Method::kPaper: Y = paper_power(X, p, info); break;
-    case Method::kAuto: TORCH_CHECK(false, "spectral_power: unresolved method auto");
-  }
+  at::Tensor Y = run_kernel(method, X, p, o, info, in_dtype);
   // Undo the scaling (with the p actually computed: newton may approximate
   // p); all-zero matrices give exact zeros whatever the kernel returned.
   Y = Y * s.to(Y.scalar_type()).pow(info->p_effective);
   if (any_zero) Y.masked_fill_(zero, 0);
-  // Zero rows / columns of O are zero rows / columns of Ψ_p(O) (they lie in
-  // the null spaces). newton keeps them exactly zero by construction; the
-  // exact methods' U f(Σ) Vᵀ products leave rounding there, so mask it
-  // (spectral.h, "Tiny singular values"). Two reductions of X, already read.
-  // `paper` is left as the published scheme computes it.
-  if (method != Method::kNewton && method != Method::kPaper) {
-    const at::Tensor zero_rows = X.abs().amax(-1, /*keepdim=*/true) == 0;
-    const at::Tensor zero_cols = X.abs().amax(-2, /*keepdim=*/true) == 0;
-    if ((zero_rows.any() | zero_cols.any()).item<bool>())
-      Y = Y.masked_fill(zero_rows | zero_cols, 0);
-  }
+  Y = mask_null_rows_and_columns(std::move(Y), X, method);
   check_finite_result(Y, method, p, O);
   if (wide) Y = Y.transpose(-2, -1);
   // One pass for dtype and layout together.

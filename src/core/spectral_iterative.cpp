@@ -119,16 +119,11 @@ std::pair<int64_t, int64_t> rational_approximation(double r) {
 
 constexpr int64_t kNewtonMaxIterations = 100;
 
-// X A^{-k/q} for tall X (max |entry| ≤ 1); `lower` bounds σ_min/σ_max from
-// below (for the coefficient schedule only). Adds to info's counters.
-at::Tensor newton_root(const at::Tensor& X, int64_t k, int64_t q, double p, double lower,
-                       const SpectralOptions& o, SpectralInfo* info) {
-  const int64_t n = X.size(-1);
-  at::Tensor A = counted_matmul(X.transpose(-2, -1), X, info);
-  const at::Tensor I = identity_like(A);
-
-  // λ_max ≥ Rayleigh quotients: the largest diagonal entry and a few power
-  // iterations from a fixed generic vector (matrix-vector products only).
+// λ_max ≥ Rayleigh quotients: the largest diagonal entry and a few power
+// iterations from a fixed generic vector (matrix-vector products only), per
+// matrix of the batch A.
+at::Tensor lambda_max_lower_bound(const at::Tensor& A, double p) {
+  const int64_t n = A.size(-1);
   at::Tensor v = at::sin(at::arange(1, n + 1, A.options()) * 12.9898).unsqueeze(-1);
   auto vsizes = A.sizes().vec();
   vsizes.back() = 1;
@@ -139,34 +134,42 @@ at::Tensor newton_root(const at::Tensor& X, int64_t k, int64_t q, double p, doub
     v = at::matmul(A, v);
     v = v / v.norm(2, {-2}, /*keepdim=*/true).clamp_min(std::numeric_limits<float>::min());
   }
-  at::Tensor lam_lo = at::maximum((v * at::matmul(A, v)).sum({-2, -1}),
-                                  A.diagonal(0, -2, -1).amax(-1));
-  if (p < 0) {
-    // ε-regularisation relative to λ_max (estimated by lam_lo), as svd/eigh do.
-    A = A + I * (o.neg_eps() * lam_lo).unsqueeze(-1).unsqueeze(-1);
-    lam_lo = lam_lo * (1.0 + o.neg_eps());
-  }
-  // Scale c ≥ λ_max, which must be safe: an eigenvalue above the fitted
-  // interval would be mapped towards 0 or below. c = ‖A²‖_F^{1/2} =
-  // (Σλ⁴)^{1/4} is 2–3× tighter than ‖A‖_F = (Σλ²)^{1/2} on the benchmark
-  // matrices, and A² is reused for T² in the first step (q ≥ 2 always here),
-  // so the bound costs no extra product.
+  return at::maximum((v * at::matmul(A, v)).sum({-2, -1}), A.diagonal(0, -2, -1).amax(-1));
+}
+
+// The Gram matrix A = XᵀX scaled into the iteration's interval: A/c with
+// c ≥ λ_max, its square, and the smallest λ_lo/c over the batch.
+struct ScaledGram {
+  at::Tensor A, A2, c;
+  double ratio;
+};
+
+// c must be safe: an eigenvalue above the fitted interval would be mapped
+// towards 0 or below. c = ‖A²‖_F^{1/2} = (Σλ⁴)^{1/4} is 2–3× tighter than
+// ‖A‖_F = (Σλ²)^{1/2} on the benchmark matrices, and A² is reused for T² in
+// the first step (q ≥ 2 always here), so the bound costs no extra product.
+ScaledGram scale_gram(at::Tensor A, const at::Tensor& lam_lo, SpectralInfo* info) {
   at::Tensor A2 = counted_matmul(A, A, info);
   at::Tensor c = at::linalg_norm(A2, "fro", {-2, -1}, /*keepdim=*/true).sqrt();
   const at::Tensor zero = c == 0;
   c = at::where(zero, at::ones_like(c), c);
-  A = A / c;
-  A2 = A2 / (c * c);
   // Smallest λ_lo/c over the batch (zero matrices excluded) sets the schedule.
   const double ratio =
       at::where(zero.squeeze(-1).squeeze(-1), at::ones_like(lam_lo), lam_lo / c.squeeze(-1).squeeze(-1))
           .min()
           .item<double>();
-  const double lam_floor = p < 0 ? std::max(lower * lower, o.neg_eps()) : lower * lower;
-  double l = std::pow(std::max(lam_floor * ratio, 1e-300), 1.0 / static_cast<double>(q));
-  double u = 1.0;
+  return {A / c, A2 / (c * c), c, ratio};
+}
 
-  at::Tensor Xq, M = A;
+// The coupled iteration on M = A (eigenvalues in [l, 1]): X_q ← X_q T,
+// M ← T^q M with T = aI − βM the minimax linear step, so X_q → A^{-1/q}.
+// Returns X_q; adds its steps to info.
+at::Tensor inverse_root_iteration(ScaledGram g, int64_t k, int64_t q, double l,
+                                  const SpectralOptions& o, SpectralInfo* info) {
+  const int64_t n = g.A.size(-1);
+  const at::Tensor I = identity_like(g.A);
+  at::Tensor Xq, M = g.A;
+  double u = 1.0;
   const double kappa = cushion(q);
   int64_t it = 0;
   while (true) {
@@ -197,10 +200,11 @@ at::Tensor newton_root(const at::Tensor& X, int64_t k, int64_t q, double p, doub
     at::Tensor Tq;
     if (it == 1) {
       // T² = a²I - 2aβA + β²A² from the A² formed for the scale.
-      const at::Tensor T2 = I * (st.a * st.a) - A * (2 * st.a * st.beta) + A2 * (st.beta * st.beta);
+      const at::Tensor T2 =
+          I * (st.a * st.a) - g.A * (2 * st.a * st.beta) + g.A2 * (st.beta * st.beta);
       Tq = counted_power(T2, q / 2, info);
       if (q % 2) Tq = counted_matmul(Tq, T, info);
-      A2 = at::Tensor();
+      g.A2 = at::Tensor();
     } else {
       Tq = counted_power(T, q, info);
     }
@@ -208,6 +212,25 @@ at::Tensor newton_root(const at::Tensor& X, int64_t k, int64_t q, double p, doub
     std::tie(l, u) = next;
   }
   info->iterations += it;
+  return Xq;
+}
+
+// X A^{-k/q} for tall X (max |entry| ≤ 1); `lower` bounds σ_min/σ_max from
+// below (for the coefficient schedule only). Adds to info's counters.
+at::Tensor newton_root(const at::Tensor& X, int64_t k, int64_t q, double p, double lower,
+                       const SpectralOptions& o, SpectralInfo* info) {
+  at::Tensor A = counted_matmul(X.transpose(-2, -1), X, info);
+  at::Tensor lam_lo = lambda_max_lower_bound(A, p);
+  if (p < 0) {
+    // ε-regularisation relative to λ_max (estimated by lam_lo), as svd/eigh do.
+    A = A + identity_like(A) * (o.neg_eps() * lam_lo).unsqueeze(-1).unsqueeze(-1);
+    lam_lo = lam_lo * (1.0 + o.neg_eps());
+  }
+  ScaledGram g = scale_gram(std::move(A), lam_lo, info);
+  const double lam_floor = p < 0 ? std::max(lower * lower, o.neg_eps()) : lower * lower;
+  const double l = std::pow(std::max(lam_floor * g.ratio, 1e-300), 1.0 / static_cast<double>(q));
+  const at::Tensor c = g.c;
+  const at::Tensor Xq = inverse_root_iteration(std::move(g), k, q, l, o, info);
   // Ψ = X (A/c)^{-k/q} c^{-k/q}.
   const at::Tensor root = counted_power(Xq, k, info);
   return counted_matmul(X, root, info) *
