@@ -606,10 +606,25 @@ TEST(StudyAnalysis, MalformedSummaryNamesTheFile) {
   const auto run = specopt::plan_study(s.cfg).at(0);
   write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": ");
   EXPECT_NE(error_of([&] { specopt::read_run_result(run); }).find("summary.json"), std::string::npos);
-  // A loss that is not a number, "inf"/"nan" or null reads as missing (run_dir.h,
-  // json_to_double): the run counts as diverged, never as a finite loss.
-  write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": [1]}");
-  EXPECT_EQ(specopt::read_run_result(run).status, RunStatus::kDiverged);
+  // A value of the wrong JSON type is an error naming the file and the key (read_summary,
+  // run_dir.h), never a diverged run nor a default.
+  const std::vector<std::pair<std::string, std::string>> wrong_types = {
+      {"{\"final_val_loss\": [1]}", "final_val_loss"},
+      {"{\"final_val_loss\": {\"v\": 1}}", "final_val_loss"},
+      {"{\"final_val_loss\": \"low\"}", "final_val_loss"},
+      {"{\"final_val_loss\": 1.0, \"best_val_loss\": true}", "best_val_loss"},
+      {"{\"final_val_loss\": 1.0, \"final_val_accuracy\": \"high\"}", "final_val_accuracy"},
+      {"{\"final_val_loss\": 1.0, \"status\": 3}", "status"},
+      {"{\"final_val_loss\": 1.0, \"steps_done\": \"10\"}", "steps_done"},
+  };
+  for (const auto& [text, key] : wrong_types) {
+    write_file(fs::path(run.dir) / "summary.json", text);
+    const std::string err = error_of([&] { specopt::read_run_result(run); });
+    EXPECT_NE(err.find("summary.json"), std::string::npos) << text << ": " << err;
+    EXPECT_NE(err.find("'" + key + "'"), std::string::npos) << text << ": " << err;
+  }
+  write_file(fs::path(run.dir) / "summary.json", "[1.0]");
+  EXPECT_NE(error_of([&] { specopt::read_run_result(run); }).find("summary.json"), std::string::npos);
   // "nan" (what the trainer writes for a NaN loss) is a divergence too.
   write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": \"nan\", \"status\": \"finished\"}");
   EXPECT_EQ(specopt::read_run_result(run).status, RunStatus::kDiverged);
