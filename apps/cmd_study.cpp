@@ -19,6 +19,7 @@ struct StudyArgs {
   std::vector<std::string> sets;
   bool report_only = false;
   bool no_plots = false;
+  bool print_config = false;
 };
 
 specopt::cli::Registrar reg("study", [](CLI::App& app) {
@@ -38,9 +39,14 @@ specopt::cli::Registrar reg("study", [](CLI::App& app) {
   cmd->add_flag("--report-only", args->report_only, "only (re)write the report from the runs "
                                                      "present");
   cmd->add_flag("--no-plots", args->no_plots, "skip the matplotlib plots");
+  cmd->add_flag("--print-config", args->print_config, "print the resolved study config and exit");
   cmd->callback([args] {
     specopt::StudyConfig config = specopt::load_study_config(args->config, args->sets);
     if (!args->study_dir.empty()) config.study_dir = args->study_dir;
+    if (args->print_config) {
+      std::cout << specopt::study_config_to_toml(config);
+      return;
+    }
     const bool tty = isatty(STDOUT_FILENO) != 0;
 
     int exit_code = 0;

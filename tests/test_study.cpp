@@ -30,6 +30,7 @@
 
 #include <chrono>
 #include <thread>
+#include <tuple>
 
 namespace fs = std::filesystem;
 using specopt::RunStatus;
@@ -606,10 +607,25 @@ TEST(StudyAnalysis, MalformedSummaryNamesTheFile) {
   const auto run = specopt::plan_study(s.cfg).at(0);
   write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": ");
   EXPECT_NE(error_of([&] { specopt::read_run_result(run); }).find("summary.json"), std::string::npos);
-  // A loss that is not a number, "inf"/"nan" or null reads as missing (run_dir.h,
-  // json_to_double): the run counts as diverged, never as a finite loss.
-  write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": [1]}");
-  EXPECT_EQ(specopt::read_run_result(run).status, RunStatus::kDiverged);
+  // A value of the wrong JSON type is an error naming the file and the key (read_summary,
+  // run_dir.h), never a diverged run nor a default.
+  const std::vector<std::pair<std::string, std::string>> wrong_types = {
+      {"{\"final_val_loss\": [1]}", "final_val_loss"},
+      {"{\"final_val_loss\": {\"v\": 1}}", "final_val_loss"},
+      {"{\"final_val_loss\": \"low\"}", "final_val_loss"},
+      {"{\"final_val_loss\": 1.0, \"best_val_loss\": true}", "best_val_loss"},
+      {"{\"final_val_loss\": 1.0, \"final_val_accuracy\": \"high\"}", "final_val_accuracy"},
+      {"{\"final_val_loss\": 1.0, \"status\": 3}", "status"},
+      {"{\"final_val_loss\": 1.0, \"steps_done\": \"10\"}", "steps_done"},
+  };
+  for (const auto& [text, key] : wrong_types) {
+    write_file(fs::path(run.dir) / "summary.json", text);
+    const std::string err = error_of([&] { specopt::read_run_result(run); });
+    EXPECT_NE(err.find("summary.json"), std::string::npos) << text << ": " << err;
+    EXPECT_NE(err.find("'" + key + "'"), std::string::npos) << text << ": " << err;
+  }
+  write_file(fs::path(run.dir) / "summary.json", "[1.0]");
+  EXPECT_NE(error_of([&] { specopt::read_run_result(run); }).find("summary.json"), std::string::npos);
   // "nan" (what the trainer writes for a NaN loss) is a divergence too.
   write_file(fs::path(run.dir) / "summary.json", "{\"final_val_loss\": \"nan\", \"status\": \"finished\"}");
   EXPECT_EQ(specopt::read_run_result(run).status, RunStatus::kDiverged);
@@ -634,6 +650,86 @@ TEST(StudyConfig, PresetsUseTheReferenceInTheRepository) {
     EXPECT_TRUE(fs::equivalent(cfg.reference, kPaperReference)) << entry.path() << ": " << cfg.reference;
   }
   EXPECT_GE(presets, 3);
+}
+
+namespace {
+
+// Every field of a study config but where it was loaded from (config_path, set_overrides:
+// already applied), for comparisons.
+auto study_fields_of(const specopt::StudyConfig& c) {
+  return std::tie(c.name, c.variants, c.lrs, c.overrides, c.seeds, c.workers, c.threads, c.study_dir,
+                  c.reference, c.reference_configured, c.stable_tolerance, c.reference_tolerance,
+                  c.train_config_toml);
+}
+
+}  // namespace
+
+// study_config_to_toml writes a file that loads to the same study: every preset, and a config
+// that sets every [study] key to a value other than its default.
+TEST(StudyConfig, PresetsRoundTripThroughTheirPrintedConfig) {
+  const auto dir = scratch("round_trip");
+  std::vector<fs::path> configs;
+  for (const auto& entry : fs::directory_iterator(fs::path(SPECOPT_SOURCE_DIR) / "configs" / "study"))
+    if (entry.path().extension() == ".toml") configs.push_back(entry.path());
+  ASSERT_GE(configs.size(), 3u);
+  write_file(dir / "ref" / "paper.json", "{}");
+  configs.push_back(write_study_config(dir, R"([study]
+name = "every-key"
+variants = ["AdamQ", "msgd:p=0.3", "mSGD"]
+seeds = [4, 2]
+workers = 3
+threads = 5
+reference = "ref/paper.json"
+stable_tolerance = 0.07
+reference_tolerance = 0.25
+[study.lrs]
+default = [0.5]
+AdamQ = [1e-3, 3e-4]
+[study.lrs.family]
+mSGD = [0.1, 0.3]
+[study.overrides]
+"msgd:p=0.3" = ["optim.lr_vector=6e-4", "train.steps=3"])"));
+  for (const auto& path : configs) {
+    const auto cfg = specopt::load_study_config(path.string());
+    const std::string text = specopt::study_config_to_toml(cfg);
+    write_file(dir / "printed.toml", text);
+    const auto back = specopt::load_study_config((dir / "printed.toml").string());
+    EXPECT_TRUE(study_fields_of(cfg) == study_fields_of(back))
+        << path << ":\n" << text << "\nloads back as\n" << specopt::study_config_to_toml(back);
+    EXPECT_EQ(specopt::study_config_to_toml(back), text);
+  }
+  // The last one really has every key away from its default.
+  const auto cfg = specopt::load_study_config(configs.back().string());
+  const specopt::StudyConfig defaults;
+  EXPECT_EQ(cfg.lrs.at("AdamQ"), (std::vector<double>{3e-4, 1e-3}));
+  EXPECT_EQ(cfg.lrs.at("msgd:p=0.3"), (std::vector<double>{0.1, 0.3}));
+  EXPECT_EQ(cfg.overrides.at("msgd:p=0.3").size(), 2u);
+  EXPECT_NE(cfg.seeds, defaults.seeds);
+  EXPECT_NE(cfg.workers, defaults.workers);
+  EXPECT_NE(cfg.threads, defaults.threads);
+  EXPECT_NE(cfg.stable_tolerance, defaults.stable_tolerance);
+  EXPECT_NE(cfg.reference_tolerance, defaults.reference_tolerance);
+  EXPECT_TRUE(cfg.reference_configured);
+  // The CLI prints the same text.
+  const std::string log = (dir / "print.log").string();
+  ASSERT_EQ(specopt::testing::wait_exit_code(specopt::testing::spawn_cli(
+                {"study", configs.back().string(), "--print-config"}, log)),
+            0);
+  EXPECT_EQ(read_file(log), specopt::study_config_to_toml(cfg));
+}
+
+// docs/study.md's table of [study] keys names every key the config reads.
+TEST(StudyConfig, DocsTableListsEveryKey) {
+  const std::string docs = read_file(fs::path(SPECOPT_SOURCE_DIR) / "docs" / "study.md");
+  const auto table = docs.find("| key | default | meaning |");
+  ASSERT_NE(table, std::string::npos);
+  const std::string rows = docs.substr(table, docs.find("\n\n", table) - table);
+  const auto keys = specopt::study_config_keys();
+  EXPECT_EQ(keys.size(), 13u);
+  for (const auto& key : keys)
+    EXPECT_TRUE(rows.find("`" + key + "`") != std::string::npos ||
+                rows.find("`[study." + key + "]`") != std::string::npos)
+        << key;
 }
 
 TEST(StudyAnalysis, PaperReferenceOneSeedLeansTowardsAllThreeClaims) {
@@ -997,4 +1093,3 @@ TEST(StudyConfig, GptPresetsSplitByShape) {
     EXPECT_EQ(train.optim.split_rows_blocks, 3) << preset;
   }
 }
-

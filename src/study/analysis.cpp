@@ -85,6 +85,81 @@ SeedTable seed_table(const StudyAnalysis& a) {
   return t;
 }
 
+namespace {
+
+// The run results of one variant beside its cells: throughputs and spectral shares of the
+// finished runs (for the medians).
+struct VariantRuns {
+  std::vector<double> throughput, share;
+};
+
+// The cell of `v` at lr (a new one when the grid point has no result yet).
+LrCell& cell_at(VariantResult& v, double lr) {
+  auto it = std::find_if(v.cells.begin(), v.cells.end(), [&](const LrCell& c) { return c.lr == lr; });
+  if (it != v.cells.end()) return *it;
+  LrCell cell;
+  cell.lr = lr;
+  v.cells.push_back(cell);
+  return v.cells.back();
+}
+
+// Counts run `r` into its variant's cell and the study's totals.
+void add_result(StudyAnalysis& a, VariantResult& v, VariantRuns& runs, const RunResult& r) {
+  LrCell& cell = cell_at(v, r.run.lr);
+  ++a.runs_total;
+  if (r.status == RunStatus::kMissing) {
+    ++cell.n_missing;
+    ++a.runs_missing;
+    return;
+  }
+  TORCH_CHECK(!cell.losses.count(r.run.seed), "two results for ", r.run.name);
+  if (r.status == RunStatus::kDiverged) {
+    cell.losses[r.run.seed] = kInf;
+    ++cell.n_diverged;
+    ++v.diverged_runs;
+    ++a.runs_diverged;
+    return;
+  }
+  cell.losses[r.run.seed] = r.final_val_loss;
+  ++a.runs_finished;
+  if (r.throughput > 0) {
+    runs.throughput.push_back(r.throughput);
+    v.throughput_unit = r.throughput_unit;
+  }
+  runs.share.push_back(r.spectral_share);
+}
+
+// Cells in lr order with their statistics, the best lr and the medians over finished runs.
+void summarise_variant(VariantResult& v, const VariantRuns& runs) {
+  std::sort(v.cells.begin(), v.cells.end(), [](const LrCell& x, const LrCell& y) { return x.lr < y.lr; });
+  for (auto& cell : v.cells) summarise_cell(cell);
+  for (size_t k = 0; k < v.cells.size(); ++k) {
+    const double m = v.cells[k].mean;
+    if (std::isfinite(m) && (v.best < 0 || m < v.cells[v.best].mean)) v.best = static_cast<int64_t>(k);
+  }
+  v.best_at_edge = v.best >= 0 && v.cells.size() >= 2 &&
+                   (v.best == 0 || v.best + 1 == static_cast<int64_t>(v.cells.size()));
+  v.throughput = median(runs.throughput);
+  v.spectral_share = median(runs.share);
+}
+
+// Stable cells (mean ≤ threshold, no seed diverged) and the contiguous stable run around the
+// best lr.
+void mark_stable_range(VariantResult& v, double threshold) {
+  for (auto& cell : v.cells)
+    cell.stable = std::isfinite(cell.mean) && cell.n_diverged == 0 && cell.mean <= threshold;
+  if (v.best < 0 || !v.cells[v.best].stable) return;
+  int64_t lo = v.best, hi = v.best;
+  while (lo > 0 && v.cells[lo - 1].stable) --lo;
+  while (hi + 1 < static_cast<int64_t>(v.cells.size()) && v.cells[hi + 1].stable) ++hi;
+  v.stable_points = hi - lo + 1;
+  v.stable_lo = v.cells[lo].lr;
+  v.stable_hi = v.cells[hi].lr;
+  v.stable_decades = std::log10(v.stable_hi / v.stable_lo);
+}
+
+}  // namespace
+
 StudyAnalysis analyze_study(const std::vector<RunResult>& results,
                             const std::vector<std::string>& variant_order, double tolerance,
                             const VerdictOptions& options) {
@@ -103,78 +178,22 @@ StudyAnalysis analyze_study(const std::vector<RunResult>& results,
   auto index_of = [&](const std::string& name) {
     const std::string canon = parse_variant(name).name;
     for (size_t i = 0; i < a.variants.size(); ++i)
-      if (a.variants[i].variant == canon) return static_cast<int64_t>(i);
+      if (a.variants[i].variant == canon) return i;
     TORCH_CHECK(false, "run result for variant '", name, "' which is not in the study's variants");
   };
-
-  std::vector<std::vector<double>> throughput(a.variants.size()), share(a.variants.size());
+  std::vector<VariantRuns> runs(a.variants.size());
   for (const auto& r : results) {
-    auto& v = a.variants[index_of(r.run.variant)];
-    auto it = std::find_if(v.cells.begin(), v.cells.end(),
-                           [&](const LrCell& c) { return c.lr == r.run.lr; });
-    if (it == v.cells.end()) {
-      LrCell cell;
-      cell.lr = r.run.lr;
-      v.cells.push_back(cell);
-      it = std::prev(v.cells.end());
-    }
-    ++a.runs_total;
-    switch (r.status) {
-      case RunStatus::kMissing:
-        ++it->n_missing;
-        ++a.runs_missing;
-        break;
-      case RunStatus::kDiverged:
-        TORCH_CHECK(!it->losses.count(r.run.seed), "two results for ", r.run.name);
-        it->losses[r.run.seed] = kInf;
-        ++it->n_diverged;
-        ++v.diverged_runs;
-        ++a.runs_diverged;
-        break;
-      case RunStatus::kFinished:
-        TORCH_CHECK(!it->losses.count(r.run.seed), "two results for ", r.run.name);
-        it->losses[r.run.seed] = r.final_val_loss;
-        ++a.runs_finished;
-        if (r.throughput > 0) {
-          throughput[&v - a.variants.data()].push_back(r.throughput);
-          v.throughput_unit = r.throughput_unit;
-        }
-        share[&v - a.variants.data()].push_back(r.spectral_share);
-        break;
-    }
+    const size_t i = index_of(r.run.variant);
+    add_result(a, a.variants[i], runs[i], r);
   }
 
   a.reference_level = kInf;
   for (size_t i = 0; i < a.variants.size(); ++i) {
-    auto& v = a.variants[i];
-    std::sort(v.cells.begin(), v.cells.end(), [](const LrCell& x, const LrCell& y) { return x.lr < y.lr; });
-    for (auto& cell : v.cells) summarise_cell(cell);
-    for (size_t k = 0; k < v.cells.size(); ++k) {
-      const double m = v.cells[k].mean;
-      if (std::isfinite(m) && (v.best < 0 || m < v.cells[v.best].mean)) v.best = static_cast<int64_t>(k);
-    }
-    v.best_at_edge = v.best >= 0 && v.cells.size() >= 2 &&
-                     (v.best == 0 || v.best + 1 == static_cast<int64_t>(v.cells.size()));
-    a.reference_level = std::min(a.reference_level, best_mean(v));
-    v.throughput = median(throughput[i]);
-    v.spectral_share = median(share[i]);
+    summarise_variant(a.variants[i], runs[i]);
+    a.reference_level = std::min(a.reference_level, best_mean(a.variants[i]));
   }
   if (!std::isfinite(a.reference_level)) a.reference_level = kNaN;
-
-  // Stable cells and the contiguous stable run around each variant's best lr.
-  const double threshold = (1.0 + tolerance) * a.reference_level;
-  for (auto& v : a.variants) {
-    for (auto& cell : v.cells)
-      cell.stable = std::isfinite(cell.mean) && cell.n_diverged == 0 && cell.mean <= threshold;
-    if (v.best < 0 || !v.cells[v.best].stable) continue;
-    int64_t lo = v.best, hi = v.best;
-    while (lo > 0 && v.cells[lo - 1].stable) --lo;
-    while (hi + 1 < static_cast<int64_t>(v.cells.size()) && v.cells[hi + 1].stable) ++hi;
-    v.stable_points = hi - lo + 1;
-    v.stable_lo = v.cells[lo].lr;
-    v.stable_hi = v.cells[hi].lr;
-    v.stable_decades = std::log10(v.stable_hi / v.stable_lo);
-  }
+  for (auto& v : a.variants) mark_stable_range(v, (1.0 + tolerance) * a.reference_level);
 
   const SeedTable table = seed_table(a);
   for (double t : report_tolerances(tolerance)) a.verdicts.push_back(judge_claims(table, t, options));
@@ -246,7 +265,5 @@ std::vector<RunResult> reference_results(const std::string& path) {
   }
   return out;
 }
-
-// ---------------------------------------------------------------- report ---
 
 }  // namespace specopt

@@ -1,9 +1,10 @@
-// The report of a study: report.md, CSV/JSON tables, and the plots drawn by
-// scripts/plot_study.py.
+// The report of a study: report.md (verdicts first, then the evidence), analysis.json and the
+// plots drawn by scripts/plot_study.py; the CSV tables are report_tables.cpp.
 #include "specopt/study/report.h"
 
 #include "specopt/train/child_process.h"  // self_executable
-#include "specopt/train/run_dir.h"
+
+#include "study/report_tables.h"
 
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -27,120 +28,6 @@ std::string fmt_loss(double x) {
   if (std::isnan(x)) return "n/a";
   if (std::isinf(x)) return "inf";
   return fmt::format("{:.4f}", x);
-}
-
-std::string csv_number(double x) {
-  if (std::isnan(x)) return "";
-  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
-  return fmt::format("{:.6g}", x);
-}
-
-void write_results_csv(const StudyAnalysis& a, const fs::path& file) {
-  std::ofstream f(file);
-  TORCH_CHECK(f.good(), "cannot write ", file.string());
-  f << "variant,family,p,lr,n_seeds,n_diverged,n_missing,mean_val_loss,std_val_loss,stable,best\n";
-  for (const auto& v : a.variants)
-    for (size_t k = 0; k < v.cells.size(); ++k) {
-      const auto& c = v.cells[k];
-      f << fmt::format("{},{},{},{},{},{},{},{},{},{},{}\n", v.variant, family_name(v.family), v.p,
-                       lr_label(c.lr), c.losses.size(), c.n_diverged, c.n_missing,
-                       csv_number(c.mean), csv_number(c.std), c.stable ? 1 : 0,
-                       static_cast<int64_t>(k) == v.best ? 1 : 0);
-    }
-}
-
-void write_runs_csv(const std::vector<RunResult>& results, const fs::path& file) {
-  std::ofstream f(file);
-  TORCH_CHECK(f.good(), "cannot write ", file.string());
-  f << "run,variant,lr,seed,status,final_val_loss,best_val_loss,steps_done,throughput,"
-       "throughput_unit,spectral_share,wall_s,final_val_accuracy\n";
-  for (const auto& r : results) {
-    const char* status = r.status == RunStatus::kMissing
-                             ? "missing"
-                             : (r.status == RunStatus::kDiverged ? "diverged" : "finished");
-    const bool have = r.status != RunStatus::kMissing;
-    f << fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{}\n", r.run.name, r.run.variant,
-                     lr_label(r.run.lr), r.run.seed, status,
-                     have ? csv_number(r.final_val_loss) : "", have ? csv_number(r.best_val_loss) : "",
-                     r.steps_done, have ? csv_number(r.throughput) : "", r.throughput_unit,
-                     have ? csv_number(r.spectral_share) : "", have ? csv_number(r.wall_s) : "",
-                     std::isfinite(r.final_val_accuracy) ? csv_number(r.final_val_accuracy) : "");
-  }
-}
-
-// Loss curves (metrics.jsonl) of every seed at each variant's best lr.
-void write_curves_csv(const StudyAnalysis& a, const std::vector<RunResult>& results,
-                      const fs::path& file) {
-  std::ofstream f(file);
-  TORCH_CHECK(f.good(), "cannot write ", file.string());
-  f << "variant,lr,seed,step,train_loss,val_loss\n";
-  for (const auto& v : a.variants) {
-    if (v.best < 0) continue;
-    const double lr = v.cells[v.best].lr;
-    for (const auto& r : results) {
-      if (r.run.variant != v.variant || r.run.lr != lr || r.status == RunStatus::kMissing) continue;
-      // read_metrics skips the torn last line of a killed run.
-      for (const auto& j : read_metrics(RunPaths(r.run.dir).metrics)) {
-        auto num = [&](const char* k) {
-          return j.contains(k) && j[k].is_number() ? csv_number(j[k].get<double>()) : std::string();
-        };
-        f << fmt::format("{},{},{},{},{},{}\n", v.variant, lr_label(lr), r.run.seed,
-                         j.value("step", int64_t{0}), num("train_loss"), num("val_loss"));
-      }
-    }
-  }
-}
-
-nlohmann::json analysis_json(const StudyAnalysis& a) {
-  auto num = [](double x) -> nlohmann::json {
-    if (std::isnan(x)) return nullptr;
-    if (std::isinf(x)) return "inf";
-    return x;
-  };
-  nlohmann::json j;
-  j["tolerance"] = a.tolerance;
-  j["reference_level"] = num(a.reference_level);
-  j["runs"] = {{"total", a.runs_total}, {"finished", a.runs_finished},
-               {"diverged", a.runs_diverged}, {"missing", a.runs_missing}};
-  j["variants"] = nlohmann::json::array();
-  for (const auto& v : a.variants) {
-    nlohmann::json jv = {{"variant", v.variant}, {"family", family_name(v.family)}, {"p", v.p},
-                         {"best_lr", num(best_lr(v))}, {"best_mean", num(best_mean(v))},
-                         {"best_std", v.best >= 0 ? num(v.cells[v.best].std) : nullptr},
-                         {"best_at_edge", v.best_at_edge},
-                         {"stable_points", v.stable_points},
-                         {"stable_decades", v.stable_decades},
-                         {"stable_lo", v.stable_points ? num(v.stable_lo) : nullptr},
-                         {"stable_hi", v.stable_points ? num(v.stable_hi) : nullptr},
-                         {"diverged_runs", v.diverged_runs}, {"throughput", v.throughput},
-                         {"throughput_unit", v.throughput_unit},
-                         {"spectral_share", v.spectral_share}};
-    j["variants"].push_back(jv);
-  }
-  auto interval = [&](const Interval& i) {
-    return nlohmann::json{{"estimate", num(i.estimate)}, {"lo", num(i.lo)}, {"hi", num(i.hi)}};
-  };
-  j["verdicts"] = nlohmann::json::array();
-  for (const auto& tv : a.verdicts) {
-    nlohmann::json jt = {{"tolerance", tv.tolerance}, {"n_seeds", tv.n_seeds},
-                         {"adam_family_width", interval(tv.adam_family_width)},
-                         {"sgd_family_width", interval(tv.sgd_family_width)}};
-    jt["widths"] = nlohmann::json::array();
-    for (const auto& w : tv.widths)
-      jt["widths"].push_back({{"variant", w.variant}, {"width", interval(w.width)},
-                              {"per_seed", w.per_seed}, {"bracketed", w.bracketed},
-                              {"bracket_note", w.bracket_note},
-                              {"best_loss", interval(w.best_loss)}});
-    jt["claims"] = nlohmann::json::array();
-    for (const auto& c : tv.claims)
-      jt["claims"].push_back({{"number", c.number}, {"claim", c.claim},
-                              {"verdict", verdict_name(c.verdict)},
-                              {"point_verdict", verdict_name(c.point_verdict)},
-                              {"statistic", c.statistic}, {"difference", interval(c.difference)},
-                              {"margin", c.margin}, {"widen", c.widen}, {"evidence", c.evidence}});
-    j["verdicts"].push_back(jt);
-  }
-  return j;
 }
 
 std::string cell_text(const LrCell& c) {
@@ -302,38 +189,6 @@ void markdown_width_table(std::ostream& md, const StudyAnalysis& a, const StudyA
   }
 }
 
-void write_verdict_csvs(const StudyAnalysis& a, const fs::path& dir) {
-  std::ofstream w(dir / "widths.csv");
-  TORCH_CHECK(w.good(), "cannot write ", (dir / "widths.csv").string());
-  w << "variant,family,p,tolerance,n_seeds,width,width_lo,width_hi,best_lr,best_loss,best_loss_lo,"
-       "best_loss_hi,best_std,bracketed,note\n";
-  for (const auto& tv : a.verdicts)
-    for (size_t k = 0; k < tv.widths.size(); ++k) {
-      const auto& x = tv.widths[k];
-      const auto& v = a.variants[k];
-      w << fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\"\n", x.variant,
-                       family_name(x.family), x.p, tv.tolerance, tv.n_seeds, csv_number(x.width.estimate),
-                       csv_number(x.width.lo), csv_number(x.width.hi),
-                       v.best >= 0 ? lr_label(v.cells[v.best].lr) : "",
-                       x.best < 0 ? "" : csv_number(x.best_loss.estimate),
-                       x.best < 0 ? "" : csv_number(x.best_loss.lo),
-                       x.best < 0 ? "" : csv_number(x.best_loss.hi),
-                       x.best < 0 ? "" : csv_number(x.best_std), x.bracketed ? 1 : 0, x.bracket_note);
-    }
-  std::ofstream c(dir / "verdicts.csv");
-  TORCH_CHECK(c.good(), "cannot write ", (dir / "verdicts.csv").string());
-  c << "tolerance,claim,verdict,point_verdict,estimate,lo,hi,margin,widen\n";
-  for (const auto& tv : a.verdicts)
-    for (const auto& x : tv.claims) {
-      std::string widen;
-      for (const auto& v : x.widen) widen += (widen.empty() ? "" : " ") + v;
-      c << fmt::format("{},{},{},{},{},{},{},{},{}\n", tv.tolerance, x.number, verdict_name(x.verdict),
-                       verdict_name(x.point_verdict), csv_number(x.difference.estimate),
-                       csv_number(x.difference.lo), csv_number(x.difference.hi),
-                       csv_number(x.margin), widen);
-    }
-}
-
 std::string find_plot_script(const ReportOptions& options) {
   if (!options.plot_script.empty()) return options.plot_script;
   if (const char* env = std::getenv("SPECOPT_PLOT_SCRIPT")) return env;
@@ -374,56 +229,49 @@ std::string draw_plots(const std::string& study_dir, const ReportOptions& option
   return "";
 }
 
-}  // namespace
+// The paper's numbers through the same analysis (when the study has a reference file), or a
+// note on why there are none.
+struct Reference {
+  bool have = false;
+  StudyAnalysis analysis;
+  std::string note;
+  const StudyAnalysis* get() const { return have ? &analysis : nullptr; }
+};
 
-std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a,
-                               const std::vector<RunResult>& results, const ReportOptions& options) {
-  const fs::path dir = config.study_dir;
-  fs::create_directories(dir);
-  write_results_csv(a, dir / "results.csv");
-  write_runs_csv(results, dir / "runs.csv");
-  write_curves_csv(a, results, dir / "curves.csv");
-  write_verdict_csvs(a, dir);
-
-  // The paper's numbers through the same analysis.
-  std::string reference_note;
-  StudyAnalysis ref;
-  bool have_ref = false;
+Reference analyze_reference(const StudyConfig& config) {
+  Reference ref;
   if (!config.reference_configured) {
-    reference_note = "This study has no `reference` file configured.";
+    ref.note = "This study has no `reference` file configured.";
   } else if (!fs::exists(config.reference)) {
-    reference_note = fmt::format("Reference file `{}` not found: section skipped.", config.reference);
+    ref.note = fmt::format("Reference file `{}` not found: section skipped.", config.reference);
   } else {
-    ref = analyze_study(reference_results(config.reference), reference_variants(config.reference),
-                        config.reference_tolerance);
-    have_ref = true;
-    write_results_csv(ref, dir / "reference_results.csv");
+    ref.analysis = analyze_study(reference_results(config.reference), reference_variants(config.reference),
+                                 config.reference_tolerance);
+    ref.have = true;
   }
-  for (const char* f : {"widths.png", "p_sweep.png"}) fs::remove(dir / f);
-  if (!have_ref) fs::remove(dir / "reference_results.csv");
+  return ref;
+}
 
-  nlohmann::json j = analysis_json(a);
+void write_analysis_json(const StudyConfig& config, const StudyAnalysis& a, const Reference& ref,
+                         const fs::path& dir) {
+  nlohmann::json j = detail::analysis_json(a);
   j["study"] = config.name;
   j["config"] = config.config_path;
   j["set"] = config.set_overrides;
-  if (have_ref) {
-    j["reference"] = analysis_json(ref);
+  if (ref.have) {
+    j["reference"] = detail::analysis_json(ref.analysis);
     j["reference"]["path"] = config.reference;
   }
-  {
-    std::ofstream f(dir / "analysis.json");
-    TORCH_CHECK(f.good(), "cannot write ", (dir / "analysis.json").string());
-    f << j.dump(2) << "\n";
-  }
+  std::ofstream f(dir / "analysis.json");
+  TORCH_CHECK(f.good(), "cannot write ", (dir / "analysis.json").string());
+  f << j.dump(2) << "\n";
+}
 
-  std::string plot_note;
-  if (options.plots) plot_note = draw_plots(dir.string(), options);
-  else plot_note = "plots disabled";
-
+// The first line (the command that made the report) and the verdict table.
+void markdown_verdicts(std::ostream& md, const StudyConfig& config, const StudyAnalysis& a,
+                       const std::vector<RunResult>& results, const Reference& ref) {
   double wall = 0.0;
   for (const auto& r : results) wall += r.wall_s;
-
-  std::ostringstream md;
   md << "# Study `" << config.name << "`\n\n";
   std::string command = "specopt study " + config.config_path;
   for (const auto& s : config.set_overrides) command += " --set " + s;
@@ -441,9 +289,12 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
         "claim 3 compares Adam's best final loss with each p = 0 variant's against a noise margin "
         "from the seeds (the row shows the p = 0 variant nearest to outperforming Adam). The "
         "definitions are in docs/study.md (Verdicts).\n\n";
-  markdown_verdict_table(md, a, have_ref ? &ref : nullptr);
+  markdown_verdict_table(md, a, ref.get());
   md << "\n";
   markdown_widen(md, a);
+}
+
+void markdown_evidence(std::ostream& md, const StudyAnalysis& a, const Reference& ref) {
   md << "\n## Evidence (tolerance " << fmt_tol(a.tolerance) << ")\n\n";
   markdown_claims(md, a);
   md << "\n### Stable width per variant (decades, mean over seeds [95 % interval])\n\n";
@@ -452,23 +303,30 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
                     "width is the contiguous run of stable grid points around that seed's best lr "
                     "of the variant, each point counting for the log-lr interval halfway to its "
                     "neighbours.\n\n");
-  markdown_width_table(md, a, have_ref ? &ref : nullptr);
+  markdown_width_table(md, a, ref.get());
+}
+
+// `plot_note`: "" when the plots were drawn, else why not.
+void markdown_plots(std::ostream& md, const fs::path& dir, const std::string& plot_note) {
   md << "\n## Plots\n\n";
-  if (plot_note.empty()) {
-    md << "Final validation loss against the matrix learning rate (mean over seeds, error bars: "
-          "min–max over seeds; × on the top edge: a diverged seed; ★: the best lr), one colour per "
-          "variant in every figure:\n\n![final val loss vs lr](lr_sweep.png)\n\n";
-    if (fs::exists(dir / "widths.png"))
-      md << "Stable width per variant with its 95 % interval, at each tolerance:\n\n"
-            "![stable widths](widths.png)\n\n";
-    if (fs::exists(dir / "p_sweep.png"))
-      md << "Best final loss and stable width against p, per family (95 % intervals):\n\n"
-            "![p sweep](p_sweep.png)\n\n";
-    md << "Loss curves of every seed at each variant's best lr:\n\n"
-          "![loss curves at the best lr](curves.png)\n\n";
-  } else {
+  if (!plot_note.empty()) {
     md << "No plots: " << plot_note << ".\n\n";
+    return;
   }
+  md << "Final validation loss against the matrix learning rate (mean over seeds, error bars: "
+        "min–max over seeds; × on the top edge: a diverged seed; ★: the best lr), one colour per "
+        "variant in every figure:\n\n![final val loss vs lr](lr_sweep.png)\n\n";
+  if (fs::exists(dir / "widths.png"))
+    md << "Stable width per variant with its 95 % interval, at each tolerance:\n\n"
+          "![stable widths](widths.png)\n\n";
+  if (fs::exists(dir / "p_sweep.png"))
+    md << "Best final loss and stable width against p, per family (95 % intervals):\n\n"
+          "![p sweep](p_sweep.png)\n\n";
+  md << "Loss curves of every seed at each variant's best lr:\n\n"
+        "![loss curves at the best lr](curves.png)\n\n";
+}
+
+void markdown_tables(std::ostream& md, const StudyAnalysis& a, const std::vector<RunResult>& results) {
   md << "## Summary per variant (seed means)\n\n";
   md << "Stable here = no diverged seed and mean ≤ "
      << fmt::format("(1 + {}) · L*, L* = {} (the best mean of any variant).\n\n", a.tolerance,
@@ -476,22 +334,49 @@ std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a
   markdown_summary_table(md, a, true, &results);
   md << "\n## Final validation loss per learning rate\n\n";
   markdown_grid_table(md, a);
+}
+
+void markdown_reference(std::ostream& md, const StudyConfig& config, const Reference& ref,
+                        bool plots_drawn) {
   md << "\n## The paper (GPT-2 124M, OpenWebText)\n\n";
-  if (have_ref) {
-    md << fmt::format("Published final validation losses from `{}` (one seed, 200k steps), put "
-                      "through the same definitions (tolerance {}, L* = {}). With one seed there "
-                      "is no interval and no noise estimate: the verdicts can only be "
-                      "'inconclusive', and the point estimate says which way the paper's numbers "
-                      "lean.\n\n",
-                      config.reference, fmt_tol(ref.tolerance), fmt_loss(ref.reference_level));
-    markdown_summary_table(md, ref, false);
-    md << "\nThe claims on the paper's numbers:\n\n";
-    markdown_claims(md, ref);
-    if (plot_note.empty())
-      md << "\n![the paper: final val loss vs lr](lr_sweep_reference.png)\n";
-  } else {
-    md << reference_note << "\n";
+  if (!ref.have) {
+    md << ref.note << "\n";
+    return;
   }
+  md << fmt::format("Published final validation losses from `{}` (one seed, 200k steps), put "
+                    "through the same definitions (tolerance {}, L* = {}). With one seed there "
+                    "is no interval and no noise estimate: the verdicts can only be "
+                    "'inconclusive', and the point estimate says which way the paper's numbers "
+                    "lean.\n\n",
+                    config.reference, fmt_tol(ref.analysis.tolerance),
+                    fmt_loss(ref.analysis.reference_level));
+  markdown_summary_table(md, ref.analysis, false);
+  md << "\nThe claims on the paper's numbers:\n\n";
+  markdown_claims(md, ref.analysis);
+  if (plots_drawn) md << "\n![the paper: final val loss vs lr](lr_sweep_reference.png)\n";
+}
+
+}  // namespace
+
+std::string write_study_report(const StudyConfig& config, const StudyAnalysis& a,
+                               const std::vector<RunResult>& results, const ReportOptions& options) {
+  const fs::path dir = config.study_dir;
+  fs::create_directories(dir);
+  detail::write_study_tables(a, results, dir);
+  const Reference ref = analyze_reference(config);
+  if (ref.have) detail::write_results_csv(ref.analysis, dir / "reference_results.csv");
+  // Files a previous report drew that this one may not.
+  for (const char* f : {"widths.png", "p_sweep.png"}) fs::remove(dir / f);
+  if (!ref.have) fs::remove(dir / "reference_results.csv");
+  write_analysis_json(config, a, ref, dir);
+  const std::string plot_note = options.plots ? draw_plots(dir.string(), options) : "plots disabled";
+
+  std::ostringstream md;
+  markdown_verdicts(md, config, a, results, ref);
+  markdown_evidence(md, a, ref);
+  markdown_plots(md, dir, plot_note);
+  markdown_tables(md, a, results);
+  markdown_reference(md, config, ref, plot_note.empty());
   md << "\n## Files\n\n`verdicts.csv` (claim verdicts and intervals per tolerance), `widths.csv` "
         "(stable widths and best losses with intervals), `results.csv` (per variant and lr), "
         "`runs.csv` (per run), `curves.csv` (loss curves at each variant's best lr), "

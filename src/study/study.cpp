@@ -183,6 +183,12 @@ Launcher subprocess_launcher(std::string executable) {
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   const auto t = static_cast<int64_t>(std::llround(s));
@@ -191,29 +197,22 @@ std::string format_duration(double s) {
   return fmt::format("{}s", t);
 }
 
-}  // namespace
+void write_train_base(const StudyConfig& config) {
+  const fs::path base = fs::path(config.study_dir) / "train_base.toml";
+  std::ofstream f(base);
+  TORCH_CHECK(f.good(), "cannot write ", base.string());
+  f << "# Base train config of study '" << config.name << "' (from " << config.config_path
+    << ").\n# Each run adds --set optim.variant, optim.lr_matrix, run.seed, run.threads.\n"
+    << config.train_config_toml;
+}
 
-StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options) {
-  using Clock = std::chrono::steady_clock;
-  const auto start = Clock::now();
-  StudyOutcome outcome;
+struct PendingRun {
+  StudyRun run;
+  bool resume;
+};
 
-  fs::create_directories(fs::path(config.study_dir) / "runs");
-  {
-    const fs::path base = fs::path(config.study_dir) / "train_base.toml";
-    std::ofstream f(base);
-    TORCH_CHECK(f.good(), "cannot write ", base.string());
-    f << "# Base train config of study '" << config.name << "' (from " << config.config_path
-      << ").\n# Each run adds --set optim.variant, optim.lr_matrix, run.seed, run.threads.\n"
-      << config.train_config_toml;
-  }
-
-  const auto plan = plan_study(config);
-  outcome.total = static_cast<int64_t>(plan.size());
-  struct PendingRun {
-    StudyRun run;
-    bool resume;
-  };
+// The runs of the plan without a summary (a checkpoint: resumed); the finished ones are skipped.
+std::vector<PendingRun> pending_runs(const std::vector<StudyRun>& plan, StudyOutcome& outcome) {
   std::vector<PendingRun> pending;
   for (const auto& r : plan) {
     const RunState s = run_state(r.dir);
@@ -223,110 +222,154 @@ StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options
       pending.push_back({r, s == RunState::kPartial});
     }
   }
+  return pending;
+}
 
-  const int64_t workers = std::max<int64_t>(
+// SIGINT/SIGTERM while the study runs: forwarded to the children, no new launches (study.h).
+class StudySignals {
+ public:
+  // The flags are set before the handler is installed.
+  explicit StudySignals(bool on) : handler_((g_study_stop = 0, g_forwarding = on, on), on_study_signal) {}
+  ~StudySignals() { g_forwarding = false; }
+  int received() const { return handler_.on() ? g_study_stop.load() : 0; }
+
+ private:
+  detail::ScopedStopHandler handler_;
+};
+
+// What became of one launched run, for the outcome and the progress line.
+struct LaunchedRun {
+  bool finished = false;     // it wrote summary.json
+  bool interrupted = false;  // a forwarded signal stopped it (rerun to resume)
+  std::string what;
+  double run_s = 0.0;
+};
+
+// The progress text of a finished run: its final loss or the divergence.
+std::string finished_text(const StudyRun& run) {
+  try {
+    const RunResult res = read_run_result(run);
+    return res.status == RunStatus::kDiverged ? "diverged" : fmt::format("val {:.4f}", res.final_val_loss);
+  } catch (const std::exception&) {
+    return "unreadable summary.json";
+  }
+}
+
+LaunchedRun launch_run(const StudyConfig& config, const PendingRun& t, int64_t threads,
+                       const Launcher& launcher, const StudySignals& signals) {
+  // Without --resume the trainer replaces whatever an interrupted run left there.
+  fs::create_directories(t.run.dir);
+  LaunchRequest req;
+  req.run = t.run;
+  req.resume = t.resume;
+  req.threads = threads;
+  req.args = train_arguments(config, t.run, t.resume, threads);
+  req.log_path = (fs::path(t.run.dir) / "train.log").string();
+  const auto t0 = Clock::now();
+  int rc = 0;
+  std::string launch_error;
+  try {
+    rc = launcher(req);
+  } catch (const std::exception& e) {
+    rc = -1;
+    launch_error = e.what();
+  }
+  LaunchedRun out;
+  out.run_s = seconds_since(t0);
+  out.finished = run_state(t.run.dir) == RunState::kFinished;
+  if (out.finished) {
+    out.what = finished_text(t.run);
+  } else {
+    out.what = launch_error.empty() ? fmt::format("FAILED (exit {}, see {})", rc, req.log_path)
+                                    : "FAILED (" + launch_error + ")";
+  }
+  const int sig = signals.received();
+  out.interrupted = !out.finished && sig != 0 &&
+                    (rc == kExitInterrupted || rc == 128 + SIGINT || rc == 128 + SIGTERM);
+  if (out.interrupted) out.what = fmt::format("interrupted (exit {}); rerun to resume", rc);
+  return out;
+}
+
+void record(StudyOutcome& outcome, const PendingRun& t, const LaunchedRun& r) {
+  if (t.resume) ++outcome.resumed; else ++outcome.launched;
+  if (r.interrupted) {
+    outcome.interrupted.push_back(t.run.name);
+  } else if (!r.finished) {
+    outcome.failed.push_back(t.run.name);
+  }
+}
+
+// The study's share-out: `workers` runs at a time, each with threads = total / workers.
+struct Parallelism {
+  int64_t workers = 1, threads = 1;
+};
+
+Parallelism parallelism(const StudyConfig& config, const StudyRunOptions& options, size_t pending) {
+  Parallelism p;
+  p.workers = std::max<int64_t>(
       1, std::min<int64_t>(options.workers > 0 ? options.workers : config.workers,
-                           std::max<size_t>(pending.size(), 1)));
+                           std::max<size_t>(pending, 1)));
   const int64_t total_threads =
       config.threads > 0 ? config.threads
                          : std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
-  const int64_t threads = std::max<int64_t>(1, total_threads / workers);
+  p.threads = std::max<int64_t>(1, total_threads / p.workers);
+  return p;
+}
 
+void print_plan(std::ostream& out, const StudyConfig& config, size_t planned, int64_t skipped,
+                const std::vector<PendingRun>& pending, const Parallelism& p) {
+  int64_t resumes = 0;
+  for (const auto& t : pending) resumes += t.resume;
+  out << fmt::format(
+             "study {}: {} runs ({} finished, {} to resume, {} to start); {} worker(s) x {} thread(s); "
+             "dir {}\n",
+             config.name, planned, skipped, resumes, pending.size() - resumes, p.workers, p.threads,
+             config.study_dir)
+      << std::flush;
+}
+
+}  // namespace
+
+StudyOutcome run_study(const StudyConfig& config, const StudyRunOptions& options) {
+  const auto start = Clock::now();
+  StudyOutcome outcome;
+  fs::create_directories(fs::path(config.study_dir) / "runs");
+  write_train_base(config);
+
+  const auto plan = plan_study(config);
+  outcome.total = static_cast<int64_t>(plan.size());
+  const std::vector<PendingRun> pending = pending_runs(plan, outcome);
+  const Parallelism par = parallelism(config, options, pending.size());
   Launcher launcher = options.launcher;
   if (!launcher)
     launcher = subprocess_launcher(options.executable.empty() ? self_executable() : options.executable);
+  if (options.progress) print_plan(*options.progress, config, plan.size(), outcome.skipped, pending, par);
 
+  const StudySignals signals(options.handle_signals);
   std::mutex mu;
-  if (options.progress) {
-    int64_t resumes = 0;
-    for (const auto& t : pending) resumes += t.resume;
-    *options.progress << fmt::format(
-        "study {}: {} runs ({} finished, {} to resume, {} to start); {} worker(s) x {} thread(s); "
-        "dir {}\n",
-        config.name, plan.size(), outcome.skipped, resumes, pending.size() - resumes, workers, threads,
-        config.study_dir)
-                      << std::flush;
-  }
-
-  // SIGINT/SIGTERM: forwarded to the children, no new launches (see study.h).
-  struct StudySignals {
-    detail::ScopedStopHandler handler;
-    // The flags are set before the handler is installed.
-    explicit StudySignals(bool on)
-        : handler((g_study_stop = 0, g_forwarding = on, on), on_study_signal) {}
-    ~StudySignals() { g_forwarding = false; }
-    int received() const { return handler.on() ? g_study_stop.load() : 0; }
-  } signals(options.handle_signals);
-
   std::atomic<size_t> next{0};
   int64_t done = 0;
   auto work = [&]() {
     for (size_t i = next++; i < pending.size() && signals.received() == 0; i = next++) {
-      const PendingRun& t = pending[i];
-      // Without --resume the trainer replaces whatever an interrupted run left there.
-      fs::create_directories(t.run.dir);
-      LaunchRequest req;
-      req.run = t.run;
-      req.resume = t.resume;
-      req.threads = threads;
-      req.args = train_arguments(config, t.run, t.resume, threads);
-      req.log_path = (fs::path(t.run.dir) / "train.log").string();
-      const auto t0 = Clock::now();
-      int rc = 0;
-      std::string launch_error;
-      try {
-        rc = launcher(req);
-      } catch (const std::exception& e) {
-        rc = -1;
-        launch_error = e.what();
-      }
-      const double run_s = std::chrono::duration<double>(Clock::now() - t0).count();
-      const bool finished = run_state(t.run.dir) == RunState::kFinished;
-
-      std::string what;
-      if (finished) {
-        try {
-          const RunResult res = read_run_result(t.run);
-          what = res.status == RunStatus::kDiverged
-                     ? "diverged"
-                     : fmt::format("val {:.4f}", res.final_val_loss);
-        } catch (const std::exception& e) {
-          what = "unreadable summary.json";
-        }
-      } else {
-        what = launch_error.empty()
-                   ? fmt::format("FAILED (exit {}, see {})", rc, req.log_path)
-                   : "FAILED (" + launch_error + ")";
-      }
-      const int sig = signals.received();
-      const bool interrupted = !finished && sig != 0 &&
-                               (rc == kExitInterrupted || rc == 128 + SIGINT || rc == 128 + SIGTERM);
-      if (interrupted) what = fmt::format("interrupted (exit {}); rerun to resume", rc);
+      const LaunchedRun r = launch_run(config, pending[i], par.threads, launcher, signals);
       std::lock_guard<std::mutex> lock(mu);
-      if (t.resume) ++outcome.resumed; else ++outcome.launched;
-      if (interrupted) {
-        outcome.interrupted.push_back(t.run.name);
-      } else if (!finished) {
-        outcome.failed.push_back(t.run.name);
-      }
+      record(outcome, pending[i], r);
       ++done;
-      if (options.progress) {
-        const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-        const double eta = elapsed / done * static_cast<double>(pending.size() - done);
-        *options.progress << fmt::format("[{}/{}] {} {} ({}){}\n", outcome.skipped + done,
-                                         plan.size(), t.run.name, what, format_duration(run_s),
-                                         done < static_cast<int64_t>(pending.size())
-                                             ? "  ETA " + format_duration(eta)
-                                             : "")
-                          << std::flush;
-      }
+      if (!options.progress) continue;
+      const double eta = seconds_since(start) / done * static_cast<double>(pending.size() - done);
+      *options.progress << fmt::format("[{}/{}] {} {} ({}){}\n", outcome.skipped + done, plan.size(),
+                                       pending[i].run.name, r.what, format_duration(r.run_s),
+                                       done < static_cast<int64_t>(pending.size())
+                                           ? "  ETA " + format_duration(eta)
+                                           : "")
+                        << std::flush;
     }
   };
   std::vector<std::thread> pool;
-  for (int64_t w = 0; w < workers; ++w) pool.emplace_back(work);
+  for (int64_t w = 0; w < par.workers; ++w) pool.emplace_back(work);
   for (auto& th : pool) th.join();
 
-  outcome.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
+  outcome.wall_s = seconds_since(start);
   outcome.stop_signal = signals.received();
   std::sort(outcome.failed.begin(), outcome.failed.end());
   std::sort(outcome.interrupted.begin(), outcome.interrupted.end());

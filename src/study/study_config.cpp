@@ -1,14 +1,18 @@
 // The study config: the [study] table (variants or the p axis, lr grids, seeds, workers, ...)
-// and the base train config it shares, loaded and validated before any run starts.
+// and the base train config it shares, loaded and validated before any run starts. One field
+// list (study_fields) drives reading, writing (study_config_to_toml) and the key listing.
 #include "specopt/study/study_config.h"
 
 #include "specopt/core/variants.h"
 #include "specopt/train/config.h"
 
+#include "train/toml_nodes.h"
+
 #include <c10/util/Exception.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -21,20 +25,247 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// ---------------------------------------------------------------- config ---
+using detail::describe;
+using detail::read_node;
 
-const std::vector<std::string>& study_keys() {
-  static const std::vector<std::string> keys = {
-      "name", "variants", "families", "ps", "lrs", "seeds", "workers", "threads",
-      "study_dir", "reference", "stable_tolerance", "reference_tolerance", "overrides"};
-  return keys;
+// ---------------------------------------------------------------- values ---
+
+template <class T>
+T read_as(const toml::node& node, const std::string& key) {
+  T value;
+  read_node(node, value, key);
+  return value;
 }
 
-std::string join(const std::vector<std::string>& items, const std::string& sep) {
-  std::string out;
-  for (size_t i = 0; i < items.size(); ++i) out += (i ? sep : "") + items[i];
+// parse_variant's error, with the key that named the variant in front.
+Variant variant_at(const std::string& text, const std::string& key) {
+  try {
+    return parse_variant(text);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, key, ": ", e.what_without_backtrace());
+  }
+}
+
+void add_variant(StudyConfig& c, const std::string& text, const std::string& key) {
+  const Variant v = variant_at(text, key);
+  TORCH_CHECK(std::find(c.variants.begin(), c.variants.end(), v.name) == c.variants.end(), key,
+              " lists '", v.name, "' twice");
+  c.variants.push_back(v.name);
+}
+
+// The canonical name of the variant `text` names under `key`, which must be studied.
+std::string studied_variant(const StudyConfig& c, const std::string& text, const std::string& key) {
+  const Variant v = variant_at(text, key);
+  TORCH_CHECK(std::find(c.variants.begin(), c.variants.end(), v.name) != c.variants.end(), key,
+              ": variant '", v.name, "' is not in study.variants");
+  return v.name;
+}
+
+// An lr grid: finite positive learning rates, ascending, none twice.
+std::vector<double> read_lr_grid(const toml::node& node, const std::string& key) {
+  std::vector<double> grid = read_as<std::vector<double>>(node, key);
+  TORCH_CHECK(!grid.empty(), key, " is empty: give at least one learning rate");
+  for (double lr : grid)
+    TORCH_CHECK(std::isfinite(lr) && lr > 0, key, ": learning rates must be finite and > 0, got ", lr);
+  std::sort(grid.begin(), grid.end());
+  TORCH_CHECK(std::adjacent_find(grid.begin(), grid.end()) == grid.end(), key,
+              " lists a learning rate twice");
+  return grid;
+}
+
+// A family is named by its p = 1 variant (Adam, mSGD).
+Family family_at(const std::string& text, const std::string& key) {
+  const Variant v = variant_at(text, key);
+  TORCH_CHECK(v.p == 1.0, key, ": '", text, "' is not a family (\"Adam\" or \"mSGD\")");
+  return v.family;
+}
+
+// ------------------------------------------------------------ the fields ---
+
+// What a field's reader sees: its value (nullptr when the key is absent: the reader applies
+// the default), the whole [study] table (for keys read together) and the full key.
+struct FieldSource {
+  const toml::node* node;
+  const toml::table& study;
+  std::string key;  // "study.<name>"
+};
+
+// Variants: named, or the p axis (families × ps, each pair a variant "adam:p=0.125").
+void read_variants(StudyConfig& c, const FieldSource& f) {
+  const bool ps = f.study.get("ps") != nullptr;
+  TORCH_CHECK(f.node || ps, "lacks study.variants (or the p axis study.ps with study.families)");
+  TORCH_CHECK(!(f.node && ps), "give study.variants or study.ps (with study.families), not both");
+  if (!f.node) return;
+  const auto names = read_as<std::vector<std::string>>(*f.node, f.key);
+  TORCH_CHECK(!names.empty(), f.key, " is empty: name at least one variant");
+  for (const auto& name : names) add_variant(c, name, f.key);
+}
+
+void read_p_axis(StudyConfig& c, const FieldSource& f) {
+  if (!f.node) return;
+  std::vector<Family> families = {Family::kAdam, Family::kSGD};
+  if (const toml::node* given = f.study.get("families")) {
+    const auto names = read_as<std::vector<std::string>>(*given, "study.families");
+    TORCH_CHECK(!names.empty(), "study.families must be a non-empty array of \"Adam\" / \"mSGD\"");
+    families.clear();
+    for (const auto& name : names) families.push_back(family_at(name, "study.families"));
+  }
+  const auto ps = read_as<std::vector<double>>(*f.node, f.key);
+  TORCH_CHECK(!ps.empty(), f.key, " must be a non-empty array of p values");
+  for (Family family : families)
+    for (double p : ps) add_variant(c, variant_name(family, p), f.key);
+}
+
+// Learning-rate grids: an array for all variants, or a table of per-variant arrays, per-family
+// arrays ([study.lrs.family]) and an optional `default`, in that order of precedence.
+void read_lrs(StudyConfig& c, const FieldSource& f) {
+  TORCH_CHECK(f.node != nullptr, "lacks study.lrs");
+  std::vector<double> fallback;
+  std::map<std::string, std::vector<double>> named;
+  std::map<Family, std::vector<double>> by_family;
+  if (f.node->is_array()) {
+    fallback = read_lr_grid(*f.node, f.key);
+  } else if (const toml::table* table = f.node->as_table()) {
+    for (const auto& [name, grid] : *table) {
+      const std::string key = f.key + "." + std::string(name.str());
+      if (name.str() == "default") {
+        fallback = read_lr_grid(grid, key);
+      } else if (name.str() == "family") {
+        const toml::table* families = grid.as_table();
+        TORCH_CHECK(families != nullptr, key,
+                    " must be a table of per-family grids ([study.lrs.family] Adam = [...])");
+        for (const auto& [family, fgrid] : *families)
+          by_family[family_at(std::string(family.str()), key + "." + std::string(family.str()))] =
+              read_lr_grid(fgrid, key + "." + std::string(family.str()));
+      } else {
+        named[studied_variant(c, std::string(name.str()), key)] = read_lr_grid(grid, key);
+      }
+    }
+  } else {
+    TORCH_CHECK(false, f.key, " must be an array or a table of per-variant arrays ([study.lrs])");
+  }
+  for (const auto& v : c.variants) {
+    const auto own = named.find(v);
+    const auto family = by_family.find(parse_variant(v).family);
+    TORCH_CHECK(own != named.end() || family != by_family.end() || !fallback.empty(),
+                "no learning-rate grid for '", v, "' (add study.lrs.", v, " or study.lrs.default)");
+    c.lrs[v] = own != named.end() ? own->second : family != by_family.end() ? family->second : fallback;
+  }
+}
+
+void read_seeds(StudyConfig& c, const FieldSource& f) {
+  if (!f.node) return;
+  c.seeds = read_as<std::vector<int64_t>>(*f.node, f.key);
+  TORCH_CHECK(!c.seeds.empty(), f.key, " is empty");
+  for (int64_t seed : c.seeds) TORCH_CHECK(seed >= 0, f.key, " must be >= 0, got ", seed);
+  TORCH_CHECK(std::set<int64_t>(c.seeds.begin(), c.seeds.end()).size() == c.seeds.size(), f.key,
+              " lists a seed twice");
+}
+
+template <int64_t StudyConfig::*field, int64_t min>
+void read_count(StudyConfig& c, const FieldSource& f) {
+  if (!f.node) return;
+  c.*field = read_as<int64_t>(*f.node, f.key);
+  TORCH_CHECK(c.*field >= min, f.key, " must be >= ", min, ", got ", c.*field);
+}
+
+template <double StudyConfig::*field>
+void read_tolerance(StudyConfig& c, const FieldSource& f) {
+  if (!f.node) return;
+  c.*field = read_as<double>(*f.node, f.key);
+  TORCH_CHECK(std::isfinite(c.*field) && c.*field >= 0, f.key, " must be a number >= 0");
+}
+
+// Relative to the config file, not the working directory.
+void read_reference(StudyConfig& c, const FieldSource& f) {
+  if (!f.node) return;
+  c.reference_configured = true;
+  fs::path ref = read_as<std::string>(*f.node, f.key);
+  if (ref.is_relative()) ref = fs::path(c.config_path).parent_path() / ref;
+  c.reference = ref.lexically_normal().string();
+}
+
+void read_overrides(StudyConfig& c, const FieldSource& f) {
+  if (!f.node) return;
+  const toml::table* table = f.node->as_table();
+  TORCH_CHECK(table != nullptr, f.key, " must be a table of per-variant arrays of \"key=value\" strings");
+  for (const auto& [name, sets] : *table) {
+    const std::string key = f.key + "." + std::string(name.str());
+    auto& out = c.overrides[studied_variant(c, std::string(name.str()), key)];
+    for (const auto& s : read_as<std::vector<std::string>>(sets, key)) out.push_back(s);
+  }
+}
+
+// ---- config → TOML nodes (study_config_to_toml) ----
+
+template <class T>
+toml::array array_of(const std::vector<T>& values) {
+  toml::array out;
+  for (const auto& v : values) out.push_back(v);
   return out;
 }
+
+template <class T>
+toml::table table_of(const std::map<std::string, std::vector<T>>& grids) {
+  toml::table out;
+  for (const auto& [name, values] : grids) out.insert(name, array_of(values));
+  return out;
+}
+
+// One [study] key: its reader and its writer (which inserts the config's value under `key`;
+// the p axis is written as the variants it expands to, so families and ps write nothing).
+struct StudyField {
+  const char* key;
+  void (*read)(StudyConfig&, const FieldSource&);
+  void (*write)(const StudyConfig&, toml::table& study, const char* key);
+};
+
+// In reading order: the variants before the grids and overrides that name them, the name
+// before study_dir's default.
+const std::vector<StudyField>& study_fields() {
+  using C = const StudyConfig&;
+  using T = toml::table&;
+  using K = const char*;
+  static const std::vector<StudyField> fields = {
+      {"name",
+       [](StudyConfig& c, const FieldSource& f) {
+         c.name = f.node ? read_as<std::string>(*f.node, f.key) : fs::path(c.config_path).stem().string();
+         TORCH_CHECK(!c.name.empty(), f.key, " is empty");
+       },
+       [](C c, T t, K k) { t.insert(k, c.name); }},
+      {"variants", read_variants, [](C c, T t, K k) { t.insert(k, array_of(c.variants)); }},
+      {"families",
+       [](StudyConfig&, const FieldSource& f) {
+         TORCH_CHECK(!f.node || f.study.get("ps"), f.key, " needs study.ps (the p values of each family)");
+       },
+       [](C, T, K) {}},
+      {"ps", read_p_axis, [](C, T, K) {}},
+      {"lrs", read_lrs, [](C c, T t, K k) { t.insert(k, table_of(c.lrs)); }},
+      {"seeds", read_seeds, [](C c, T t, K k) { t.insert(k, array_of(c.seeds)); }},
+      {"workers", read_count<&StudyConfig::workers, 1>, [](C c, T t, K k) { t.insert(k, c.workers); }},
+      {"threads", read_count<&StudyConfig::threads, 0>, [](C c, T t, K k) { t.insert(k, c.threads); }},
+      {"study_dir",
+       [](StudyConfig& c, const FieldSource& f) {
+         c.study_dir = f.node ? read_as<std::string>(*f.node, f.key) : "runs/study/" + c.name;
+       },
+       [](C c, T t, K k) { t.insert(k, c.study_dir); }},
+      {"reference", read_reference,
+       [](C c, T t, K k) {
+         if (c.reference_configured) t.insert(k, fs::absolute(c.reference).lexically_normal().string());
+       }},
+      {"stable_tolerance", read_tolerance<&StudyConfig::stable_tolerance>,
+       [](C c, T t, K k) { t.insert(k, c.stable_tolerance); }},
+      {"reference_tolerance", read_tolerance<&StudyConfig::reference_tolerance>,
+       [](C c, T t, K k) { t.insert(k, c.reference_tolerance); }},
+      {"overrides", read_overrides,
+       [](C c, T t, K k) {
+         if (!c.overrides.empty()) t.insert(k, table_of(c.overrides));
+       }},
+  };
+  return fields;
+}
+
+// ------------------------------------------------------------- the file ---
 
 // "a.b.c=value": the value is parsed as a TOML value (numbers, booleans, arrays, quoted
 // strings); anything that does not parse is taken as a bare string (variant=AdamS).
@@ -43,7 +274,6 @@ void apply_study_override(toml::table& root, const std::string& assignment, cons
   TORCH_CHECK(eq != std::string::npos && eq > 0, "--set '", assignment,
               "': expected key=value (e.g. study.workers=2 or train.steps=100)");
   const std::string key = assignment.substr(0, eq);
-  const std::string value = assignment.substr(eq + 1);
   std::vector<std::string> parts;
   std::stringstream ss(key);
   for (std::string part; std::getline(ss, part, '.');) {
@@ -52,66 +282,22 @@ void apply_study_override(toml::table& root, const std::string& assignment, cons
   }
   toml::table* table = &root;
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    if (!table->contains(parts[i])) table->insert(parts[i], toml::table{});
     toml::node* child = table->get(parts[i]);
-    if (!child) {
-      table->insert(parts[i], toml::table{});
-      child = table->get(parts[i]);
-    }
-    TORCH_CHECK(child->is_table(), "--set '", assignment, "': '", parts[i],
-                "' is not a table in ", file);
+    TORCH_CHECK(child->is_table(), "--set '", assignment, "': '", parts[i], "' is not a table in ", file);
     table = child->as_table();
   }
-  toml::table parsed;
-  bool is_toml = true;
-  try {
-    parsed = toml::parse("v = " + value);
-  } catch (const toml::parse_error&) {
-    is_toml = false;
-  }
-  if (is_toml && parsed.get("v") != nullptr) {
+  const std::string value = assignment.substr(eq + 1);
+  const auto parsed = detail::parse_value(value);
+  if (parsed && parsed->get("v") != nullptr) {
     // Copy the parsed node whatever its type.
-    parsed.get("v")->visit([&](auto&& node) { table->insert_or_assign(parts.back(), node); });
+    parsed->get("v")->visit([&](auto&& node) { table->insert_or_assign(parts.back(), node); });
   } else {
     table->insert_or_assign(parts.back(), value);
   }
 }
 
-std::vector<double> read_lr_grid(const toml::node& node, const std::string& key,
-                                 const std::string& file) {
-  const toml::array* arr = node.as_array();
-  TORCH_CHECK(arr != nullptr, key, " in ", file, " must be an array of learning rates");
-  TORCH_CHECK(!arr->empty(), key, " in ", file, " is empty: give at least one learning rate");
-  std::vector<double> grid;
-  for (const auto& item : *arr) {
-    const auto v = item.value<double>();
-    TORCH_CHECK(v.has_value(), key, " in ", file, ": every entry must be a number");
-    TORCH_CHECK(std::isfinite(*v) && *v > 0, key, " in ", file,
-                ": learning rates must be finite and > 0, got ", *v);
-    grid.push_back(*v);
-  }
-  std::sort(grid.begin(), grid.end());
-  TORCH_CHECK(std::adjacent_find(grid.begin(), grid.end()) == grid.end(), key, " in ", file,
-              " lists a learning rate twice");
-  return grid;
-}
-
-int64_t read_int(const toml::node& node, const std::string& key, const std::string& file,
-                 int64_t min) {
-  const auto v = node.value<int64_t>();
-  TORCH_CHECK(v.has_value() && node.is_integer(), key, " in ", file, " must be an integer");
-  TORCH_CHECK(*v >= min, key, " in ", file, " must be >= ", min, ", got ", *v);
-  return *v;
-}
-
-std::string read_string(const toml::node& node, const std::string& key, const std::string& file) {
-  const auto v = node.value<std::string>();
-  TORCH_CHECK(v.has_value() && node.is_string(), key, " in ", file, " must be a string");
-  return *v;
-}
-
-}  // namespace
-
-StudyConfig load_study_config(const std::string& path, const std::vector<std::string>& overrides) {
+toml::table read_study_file(const std::string& path, const std::vector<std::string>& overrides) {
   TORCH_CHECK(fs::exists(path), "study config '", path, "' does not exist");
   toml::table root;
   try {
@@ -121,210 +307,89 @@ StudyConfig load_study_config(const std::string& path, const std::vector<std::st
                 std::string(err.description()));
   }
   for (const auto& o : overrides) apply_study_override(root, o, path);
+  return root;
+}
 
+void read_study_table(StudyConfig& cfg, const toml::table& study) {
+  const auto keys = study_config_keys();
+  std::string valid;
+  for (const auto& k : keys) valid += (valid.empty() ? "" : ", ") + k;
+  for (const auto& [k, v] : study)
+    TORCH_CHECK(std::find(keys.begin(), keys.end(), std::string(k.str())) != keys.end(),
+                "unknown key 'study.", k.str(), "' in ", cfg.config_path, " (valid: ", valid, ")");
+  try {
+    for (const auto& field : study_fields())
+      field.read(cfg, FieldSource{study.get(field.key), study, std::string("study.") + field.key});
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "study config '", cfg.config_path, "': ", e.what_without_backtrace());
+  }
+}
+
+// Base train config: everything but [study]. Validated now (unknown keys, bad values, and each
+// variant's overrides) so a typo fails before the first of many runs starts, with the trainer's
+// own message.
+void read_base_config(StudyConfig& cfg, toml::table root) {
+  root.erase("study");
+  std::ostringstream os;
+  os << root << "\n";
+  try {
+    const TrainConfig base = config_from_toml_string(os.str(), cfg.config_path);
+    // Resolved (every key) and written by config_to_toml: shortest-form floats.
+    cfg.train_config_toml = config_to_toml(base);
+    for (const auto& [variant, sets] : cfg.overrides) {
+      TrainConfig c = base;
+      for (const auto& s : sets) apply_override(c, s);
+      c.validate();
+    }
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "study config '", cfg.config_path, "': ", e.what_without_backtrace());
+  }
+}
+
+// A key as TOML writes it: bare when it may be ("Adam"), else quoted ("adam:p=0.125").
+std::string toml_key(const std::string& key) {
+  const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](unsigned char ch) {
+    return std::isalnum(ch) || ch == '_' || ch == '-';
+  });
+  return bare ? key : describe(toml::value<std::string>(key));
+}
+
+}  // namespace
+
+std::vector<std::string> study_config_keys() {
+  std::vector<std::string> keys;
+  for (const auto& field : study_fields()) keys.push_back(field.key);
+  return keys;
+}
+
+StudyConfig load_study_config(const std::string& path, const std::vector<std::string>& overrides) {
+  const toml::table root = read_study_file(path, overrides);
   StudyConfig cfg;
   cfg.config_path = path;
   cfg.set_overrides = overrides;
   const toml::table* study = root["study"].as_table();
   TORCH_CHECK(study != nullptr, "study config '", path, "' has no [study] table");
-
-  for (const auto& [k, v] : *study) {
-    const std::string key(k.str());
-    const auto& keys = study_keys();
-    TORCH_CHECK(std::find(keys.begin(), keys.end(), key) != keys.end(), "unknown key 'study.", key,
-                "' in ", path, " (valid: ", join(keys, ", "), ")");
-  }
-
-  cfg.name = fs::path(path).stem().string();
-  if (const auto* n = study->get("name")) cfg.name = read_string(*n, "study.name", path);
-  TORCH_CHECK(!cfg.name.empty(), "study.name in ", path, " is empty");
-
-  // Variants: named, or the p axis (families × ps, each pair a variant "adam:p=0.125").
-  auto add_variant = [&](const std::string& text, const std::string& key) {
-    Variant v;
-    try {
-      v = parse_variant(text);
-    } catch (const c10::Error& e) {
-      TORCH_CHECK(false, key, " in ", path, ": ", e.what_without_backtrace());
-    }
-    TORCH_CHECK(std::find(cfg.variants.begin(), cfg.variants.end(), v.name) == cfg.variants.end(),
-                key, " in ", path, " lists '", v.name, "' twice");
-    cfg.variants.push_back(v.name);
-  };
-  const toml::node* variants = study->get("variants");
-  const toml::node* ps = study->get("ps");
-  TORCH_CHECK(variants != nullptr || ps != nullptr, "study config '", path,
-              "' lacks study.variants (or the p axis study.ps with study.families)");
-  TORCH_CHECK(!(variants && ps), "study config '", path,
-              "': give study.variants or study.ps (with study.families), not both");
-  TORCH_CHECK(ps || !study->get("families"), "study.families in ", path,
-              " needs study.ps (the p values of each family)");
-  if (variants) {
-    const toml::array* varr = variants->as_array();
-    TORCH_CHECK(varr != nullptr, "study.variants in ", path, " must be an array of variant names");
-    TORCH_CHECK(!varr->empty(), "study.variants in ", path, " is empty: name at least one variant");
-    for (const auto& item : *varr) {
-      const auto s = item.value<std::string>();
-      TORCH_CHECK(s.has_value(), "study.variants in ", path, ": every entry must be a string");
-      add_variant(*s, "study.variants");
-    }
-  } else {
-    std::vector<Family> families = {Family::kAdam, Family::kSGD};
-    if (const auto* f = study->get("families")) {
-      const toml::array* arr = f->as_array();
-      TORCH_CHECK(arr && !arr->empty(), "study.families in ", path,
-                  " must be a non-empty array of \"Adam\" / \"mSGD\"");
-      families.clear();
-      for (const auto& item : *arr) {
-        const auto s = item.value<std::string>();
-        TORCH_CHECK(s.has_value(), "study.families in ", path, ": every entry must be a string");
-        // A family is its p = 1 variant's name (Adam, mSGD).
-        const Variant v = parse_variant(*s);
-        TORCH_CHECK(v.p == 1.0, "study.families in ", path, ": '", *s,
-                    "' is not a family (\"Adam\" or \"mSGD\")");
-        families.push_back(v.family);
-      }
-    }
-    const toml::array* arr = ps->as_array();
-    TORCH_CHECK(arr && !arr->empty(), "study.ps in ", path, " must be a non-empty array of p values");
-    for (Family fam : families)
-      for (const auto& item : *arr) {
-        const auto p = item.value<double>();
-        TORCH_CHECK(p.has_value(), "study.ps in ", path, ": every entry must be a number");
-        add_variant(variant_name(fam, *p), "study.ps");
-      }
-  }
-
-  // Learning-rate grids: an array for all variants, or a table of per-variant arrays with an
-  // optional `default`.
-  const toml::node* lrs = study->get("lrs");
-  TORCH_CHECK(lrs != nullptr, "study config '", path, "' lacks study.lrs");
-  std::vector<double> default_grid;
-  std::map<std::string, std::vector<double>> named;
-  std::map<Family, std::vector<double>> by_family;  // [study.lrs.family]: Adam = [...], mSGD = [...]
-  if (lrs->is_array()) {
-    default_grid = read_lr_grid(*lrs, "study.lrs", path);
-  } else if (const toml::table* t = lrs->as_table()) {
-    for (const auto& [k, v] : *t) {
-      const std::string key(k.str());
-      const std::string full = "study.lrs." + key;
-      if (key == "default") {
-        default_grid = read_lr_grid(v, full, path);
-        continue;
-      }
-      if (key == "family") {
-        const toml::table* ft = v.as_table();
-        TORCH_CHECK(ft != nullptr, full, " in ", path,
-                    " must be a table of per-family grids ([study.lrs.family] Adam = [...])");
-        for (const auto& [fk, fv] : *ft) {
-          const std::string fname(fk.str());
-          const Variant fam = parse_variant(fname);
-          TORCH_CHECK(fam.p == 1.0, full, ".", fname, " in ", path,
-                      ": not a family (\"Adam\" or \"mSGD\")");
-          by_family[fam.family] = read_lr_grid(fv, full + "." + fname, path);
-        }
-        continue;
-      }
-      Variant var;
-      try {
-        var = parse_variant(key);
-      } catch (const c10::Error& e) {
-        TORCH_CHECK(false, full, " in ", path, ": ", e.what_without_backtrace());
-      }
-      TORCH_CHECK(std::find(cfg.variants.begin(), cfg.variants.end(), var.name) != cfg.variants.end(),
-                  full, " in ", path, ": variant '", var.name, "' is not in study.variants");
-      named[var.name] = read_lr_grid(v, full, path);
-    }
-  } else {
-    TORCH_CHECK(false, "study.lrs in ", path,
-                " must be an array or a table of per-variant arrays ([study.lrs])");
-  }
-  for (const auto& v : cfg.variants) {
-    auto it = named.find(v);
-    const auto fam = by_family.find(parse_variant(v).family);
-    if (it != named.end()) {
-      cfg.lrs[v] = it->second;
-    } else if (fam != by_family.end()) {
-      cfg.lrs[v] = fam->second;
-    } else {
-      TORCH_CHECK(!default_grid.empty(), "study config '", path, "': no learning-rate grid for '", v,
-                  "' (add study.lrs.", v, " or study.lrs.default)");
-      cfg.lrs[v] = default_grid;
-    }
-  }
-
-  if (const auto* s = study->get("seeds")) {
-    const toml::array* arr = s->as_array();
-    TORCH_CHECK(arr != nullptr, "study.seeds in ", path, " must be an array of integers");
-    TORCH_CHECK(!arr->empty(), "study.seeds in ", path, " is empty");
-    cfg.seeds.clear();
-    for (const auto& item : *arr) cfg.seeds.push_back(read_int(item, "study.seeds", path, 0));
-    std::set<int64_t> unique(cfg.seeds.begin(), cfg.seeds.end());
-    TORCH_CHECK(unique.size() == cfg.seeds.size(), "study.seeds in ", path, " lists a seed twice");
-  }
-  if (const auto* w = study->get("workers")) cfg.workers = read_int(*w, "study.workers", path, 1);
-  if (const auto* t = study->get("threads")) cfg.threads = read_int(*t, "study.threads", path, 0);
-  for (auto [key, field] : {std::pair<const char*, double*>{"stable_tolerance", &cfg.stable_tolerance},
-                            {"reference_tolerance", &cfg.reference_tolerance}}) {
-    if (const auto* t = study->get(key)) {
-      const auto v = t->value<double>();
-      TORCH_CHECK(v.has_value() && std::isfinite(*v) && *v >= 0, "study.", key, " in ", path,
-                  " must be a number >= 0");
-      *field = *v;
-    }
-  }
-  cfg.study_dir = "runs/study/" + cfg.name;
-  if (const auto* d = study->get("study_dir")) cfg.study_dir = read_string(*d, "study.study_dir", path);
-  if (const auto* r = study->get("reference")) {
-    cfg.reference_configured = true;
-    fs::path ref = read_string(*r, "study.reference", path);
-    if (ref.is_relative()) ref = fs::path(path).parent_path() / ref;
-    cfg.reference = ref.lexically_normal().string();
-  }
-
-  if (const auto* o = study->get("overrides")) {
-    const toml::table* t = o->as_table();
-    TORCH_CHECK(t != nullptr, "study.overrides in ", path,
-                " must be a table of per-variant arrays of \"key=value\" strings");
-    for (const auto& [k, v] : *t) {
-      const std::string full = "study.overrides." + std::string(k.str());
-      Variant var;
-      try {
-        var = parse_variant(std::string(k.str()));
-      } catch (const c10::Error& e) {
-        TORCH_CHECK(false, full, " in ", path, ": ", e.what_without_backtrace());
-      }
-      TORCH_CHECK(std::find(cfg.variants.begin(), cfg.variants.end(), var.name) != cfg.variants.end(),
-                  full, " in ", path, ": variant '", var.name, "' is not in study.variants");
-      const toml::array* arr = v.as_array();
-      TORCH_CHECK(arr != nullptr, full, " in ", path, " must be an array of \"key=value\" strings");
-      for (const auto& item : *arr) {
-        const auto s = item.value<std::string>();
-        TORCH_CHECK(s.has_value(), full, " in ", path, ": every entry must be a \"key=value\" string");
-        cfg.overrides[var.name].push_back(*s);
-      }
-    }
-  }
-
-  // Base train config: everything but [study]. Validated now (unknown keys, bad values) so a
-  // typo fails before the first of many runs starts, with the trainer's own message.
-  toml::table base = root;
-  base.erase("study");
-  std::ostringstream os;
-  os << base << "\n";
-  try {
-    const TrainConfig base_config = config_from_toml_string(os.str(), path);
-    // Resolved (every key) and written by config_to_toml: shortest-form floats.
-    cfg.train_config_toml = config_to_toml(base_config);
-    for (const auto& [variant, sets] : cfg.overrides) {
-      TrainConfig c = base_config;
-      for (const auto& s : sets) apply_override(c, s);
-      c.validate();
-    }
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "study config '", path, "': ", e.what_without_backtrace());
-  }
+  read_study_table(cfg, *study);
+  read_base_config(cfg, root);
   return cfg;
+}
+
+std::string study_config_to_toml(const StudyConfig& config) {
+  toml::table study;
+  for (const auto& field : study_fields()) field.write(config, study, field.key);
+  std::ostringstream values, tables;
+  for (const auto& field : study_fields()) {  // in field order (toml::table iterates sorted)
+    const toml::node* node = study.get(field.key);
+    if (!node) continue;
+    if (const toml::table* sub = node->as_table()) {
+      tables << "\n[study." << field.key << "]\n";
+      for (const auto& [name, value] : *sub) tables << toml_key(std::string(name.str())) << " = " << describe(value) << "\n";
+    } else {
+      values << field.key << " = " << describe(*node) << "\n";
+    }
+  }
+  return "# specopt study config (resolved: the p axis expanded, every variant's grid)\n[study]\n" +
+         values.str() + tables.str() + "\n" + config.train_config_toml;
 }
 
 }  // namespace specopt

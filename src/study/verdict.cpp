@@ -174,16 +174,11 @@ std::vector<double> report_tolerances(double primary) {
   return out;
 }
 
-ToleranceVerdicts judge_claims(const SeedTable& table, double tolerance,
-                               const VerdictOptions& options) {
-  TORCH_CHECK(std::isfinite(tolerance) && tolerance >= 0, "stable tolerance must be >= 0, got ",
-              tolerance);
-  const size_t n_seeds = table.seeds.size();
-  ToleranceVerdicts out;
-  out.tolerance = tolerance;
-  out.n_seeds = static_cast<int64_t>(n_seeds);
+namespace {
 
-  // L*_s: the best loss of seed s anywhere in the study.
+// L*_s: the best loss of seed s anywhere in the study (+inf where seed s has none).
+std::vector<double> seed_levels(const SeedTable& table) {
+  const size_t n_seeds = table.seeds.size();
   std::vector<double> level(n_seeds, kInf);
   for (const auto& v : table.variants) {
     TORCH_CHECK(v.loss.size() == v.lrs.size(), "variant ", v.variant, ": ", v.lrs.size(),
@@ -195,179 +190,236 @@ ToleranceVerdicts judge_claims(const SeedTable& table, double tolerance,
         if (std::isfinite(row[s])) level[s] = std::min(level[s], row[s]);
     }
   }
+  return level;
+}
 
-  for (const auto& v : table.variants) {
-    WidthEstimate w;
-    w.variant = v.variant;
-    w.family = v.family;
-    w.p = v.p;
-    const size_t n_lr = v.lrs.size();
-    bool edge_in_a_seed = false;
-    for (size_t s = 0; s < n_seeds; ++s) {
-      std::vector<double> col(n_lr);
-      for (size_t k = 0; k < n_lr; ++k) col[k] = v.loss[k][s];
-      bool edge = false;
-      w.per_seed.push_back(std::isfinite(level[s])
-                               ? stable_width(v.lrs, col, (1.0 + tolerance) * level[s], &edge)
-                               : 0.0);
-      edge_in_a_seed |= edge;
-    }
-    w.width = bootstrap_mean(w.per_seed, options);
-    std::vector<double> means(n_lr), sds(n_lr);
-    for (size_t k = 0; k < n_lr; ++k) {
-      cell_stats(v.loss[k], &means[k], &sds[k]);
-      if (std::isfinite(means[k]) && (w.best < 0 || means[k] < means[w.best])) w.best = static_cast<int64_t>(k);
-    }
-    if (w.best < 0) {
-      w.bracket_note = "no lr without a diverged or missing seed";
-    } else {
-      w.best_mean = means[w.best];
-      w.best_std = sds[w.best];
-      w.best_loss = bootstrap_mean(v.loss[w.best], options);
-      const auto risen = [&](size_t k) {
-        return std::isinf(means[k]) || means[k] > (1.0 + tolerance) * w.best_mean;
-      };
-      if (w.best == 0 || w.best + 1 == static_cast<int64_t>(n_lr))
-        w.bracket_note = fmt::format("best lr {:g} is on the grid edge", v.lrs[w.best]);
-      else if (!risen(0))
-        w.bracket_note = fmt::format("no clear rise at the smallest lr {:g}", v.lrs.front());
-      else if (!risen(n_lr - 1))
-        w.bracket_note = fmt::format("no clear rise at the largest lr {:g}", v.lrs.back());
-      else if (edge_in_a_seed)
-        w.bracket_note = "a seed's stable range reaches the grid end";
-      w.bracketed = w.bracket_note.empty();
-    }
-    out.widths.push_back(std::move(w));
+// Why the grid of `v` does not bracket its best lr w.best ("" when it does): see verdict.h.
+std::string bracket_note(const VariantGrid& v, const WidthEstimate& w, const std::vector<double>& means,
+                         double tolerance, bool edge_in_a_seed) {
+  const size_t n_lr = v.lrs.size();
+  const auto risen = [&](size_t k) {
+    return std::isinf(means[k]) || means[k] > (1.0 + tolerance) * w.best_mean;
+  };
+  if (w.best == 0 || w.best + 1 == static_cast<int64_t>(n_lr))
+    return fmt::format("best lr {:g} is on the grid edge", v.lrs[w.best]);
+  if (!risen(0)) return fmt::format("no clear rise at the smallest lr {:g}", v.lrs.front());
+  if (!risen(n_lr - 1)) return fmt::format("no clear rise at the largest lr {:g}", v.lrs.back());
+  if (edge_in_a_seed) return "a seed's stable range reaches the grid end";
+  return "";
+}
+
+// One variant's per-seed stable widths (threshold (1 + tolerance) · L*_s), their interval, its
+// best lr by seed means and the bracketing.
+WidthEstimate estimate_width(const VariantGrid& v, const std::vector<double>& level, double tolerance,
+                             const VerdictOptions& options) {
+  WidthEstimate w;
+  w.variant = v.variant;
+  w.family = v.family;
+  w.p = v.p;
+  const size_t n_lr = v.lrs.size();
+  bool edge_in_a_seed = false;
+  for (size_t s = 0; s < level.size(); ++s) {
+    std::vector<double> col(n_lr);
+    for (size_t k = 0; k < n_lr; ++k) col[k] = v.loss[k][s];
+    bool edge = false;
+    w.per_seed.push_back(std::isfinite(level[s])
+                             ? stable_width(v.lrs, col, (1.0 + tolerance) * level[s], &edge)
+                             : 0.0);
+    edge_in_a_seed |= edge;
   }
+  w.width = bootstrap_mean(w.per_seed, options);
+  std::vector<double> means(n_lr), sds(n_lr);
+  for (size_t k = 0; k < n_lr; ++k) {
+    cell_stats(v.loss[k], &means[k], &sds[k]);
+    if (std::isfinite(means[k]) && (w.best < 0 || means[k] < means[w.best])) w.best = static_cast<int64_t>(k);
+  }
+  if (w.best < 0) {
+    w.bracket_note = "no lr without a diverged or missing seed";
+    return w;
+  }
+  w.best_mean = means[w.best];
+  w.best_std = sds[w.best];
+  w.best_loss = bootstrap_mean(v.loss[w.best], options);
+  w.bracket_note = bracket_note(v, w, means, tolerance, edge_in_a_seed);
+  w.bracketed = w.bracket_note.empty();
+  return w;
+}
 
+// The widths the claims compare, by family and p.
+struct WidthGroups {
   std::vector<const WidthEstimate*> adam, sgd, sgd_compressed, zeros;
   const WidthEstimate* sgd_base = nullptr;
   const WidthEstimate* adam_base = nullptr;
-  for (const auto& w : out.widths) {
-    (w.family == Family::kAdam ? adam : sgd).push_back(&w);
-    if (w.family == Family::kSGD && w.p < 1.0) sgd_compressed.push_back(&w);
-    if (w.family == Family::kSGD && w.p == 1.0) sgd_base = &w;
-    if (w.family == Family::kAdam && w.p == 1.0) adam_base = &w;
-    if (w.p == 0.0) zeros.push_back(&w);
-  }
-  if (!adam.empty()) out.adam_family_width = bootstrap_mean(family_mean_per_seed(adam, n_seeds), options);
-  if (!sgd.empty()) out.sgd_family_width = bootstrap_mean(family_mean_per_seed(sgd, n_seeds), options);
+};
 
-  // Claim 1.
-  {
-    ClaimEvidence c;
-    c.number = 1;
-    c.claim = "RMS-normalised updates (Adam family) are more stable across learning rates than "
-              "first-moment updates (mSGD family).";
-    c.statistic = "mean stable width, Adam family − mSGD family (decades)";
-    if (adam.empty() || sgd.empty() || n_seeds == 0) {
-      c.evidence = "needs at least one variant of each family.";
-    } else {
-      const auto a = family_mean_per_seed(adam, n_seeds), b = family_mean_per_seed(sgd, n_seeds);
-      std::vector<double> d(n_seeds);
-      for (size_t s = 0; s < n_seeds; ++s) d[s] = a[s] - b[s];
-      c.difference = bootstrap_mean(d, options);
-      c.point_verdict = direction(c.difference, 0.0, 0.0);
-      c.evidence = fmt::format(
-          "Stable width (decades, mean over seeds [95 % interval]): Adam family {:.2f} [{:.2f}, "
-          "{:.2f}], mSGD family {:.2f} [{:.2f}, {:.2f}]; difference {}. Per variant: {}; {}.",
-          out.adam_family_width.estimate, out.adam_family_width.lo, out.adam_family_width.hi,
-          out.sgd_family_width.estimate, out.sgd_family_width.lo, out.sgd_family_width.hi,
-          fmt_interval(c.difference), width_list(adam), width_list(sgd));
-      std::vector<const WidthEstimate*> involved = adam;
-      involved.insert(involved.end(), sgd.begin(), sgd.end());
-      finish(c, involved, static_cast<int64_t>(n_seeds));
-    }
-    out.claims.push_back(std::move(c));
+WidthGroups group_widths(const std::vector<WidthEstimate>& widths) {
+  WidthGroups g;
+  for (const auto& w : widths) {
+    (w.family == Family::kAdam ? g.adam : g.sgd).push_back(&w);
+    if (w.family == Family::kSGD && w.p < 1.0) g.sgd_compressed.push_back(&w);
+    if (w.family == Family::kSGD && w.p == 1.0) g.sgd_base = &w;
+    if (w.family == Family::kAdam && w.p == 1.0) g.adam_base = &w;
+    if (w.p == 0.0) g.zeros.push_back(&w);
   }
+  return g;
+}
 
-  // Claim 2.
-  {
-    ClaimEvidence c;
-    c.number = 2;
-    c.claim = "Spectral compression (p < 1) strongly stabilises first-moment updates (mSGD).";
-    c.statistic = "mean stable width of the mSGD variants with p < 1 − that of mSGD (decades)";
-    if (!sgd_base || sgd_compressed.empty() || n_seeds == 0) {
-      c.evidence = "needs mSGD and at least one mSGD variant with p < 1.";
-    } else {
-      const auto a = family_mean_per_seed(sgd_compressed, n_seeds);
-      std::vector<double> d(n_seeds);
-      for (size_t s = 0; s < n_seeds; ++s) d[s] = a[s] - sgd_base->per_seed[s];
-      c.difference = bootstrap_mean(d, options);
-      c.point_verdict = direction(c.difference, 0.0, 0.0);
-      std::string each;
-      for (const auto* w : sgd_compressed) {
-        std::vector<double> dv(n_seeds);
-        for (size_t s = 0; s < n_seeds; ++s) dv[s] = w->per_seed[s] - sgd_base->per_seed[s];
-        each += fmt::format("{}{} − mSGD {}", each.empty() ? "" : ", ", w->variant,
-                            fmt_interval(bootstrap_mean(dv, options)));
-      }
-      c.evidence = fmt::format("Stable width (decades): mSGD {:.2f} [{:.2f}, {:.2f}]; {}. "
-                               "Difference (p < 1 mean − mSGD) {}; per variant: {}.",
-                               sgd_base->width.estimate, sgd_base->width.lo, sgd_base->width.hi,
-                               width_list(sgd_compressed), fmt_interval(c.difference), each);
-      std::vector<const WidthEstimate*> involved = sgd_compressed;
-      involved.push_back(sgd_base);
-      finish(c, involved, static_cast<int64_t>(n_seeds));
-    }
-    out.claims.push_back(std::move(c));
+// Claim 1: per seed, mean width of the Adam variants − mean width of the mSGD variants.
+ClaimEvidence claim_rms_stability(const ToleranceVerdicts& out, const WidthGroups& g,
+                                  const VerdictOptions& options) {
+  ClaimEvidence c;
+  c.number = 1;
+  c.claim = "RMS-normalised updates (Adam family) are more stable across learning rates than "
+            "first-moment updates (mSGD family).";
+  c.statistic = "mean stable width, Adam family − mSGD family (decades)";
+  const auto n_seeds = static_cast<size_t>(out.n_seeds);
+  if (g.adam.empty() || g.sgd.empty() || n_seeds == 0) {
+    c.evidence = "needs at least one variant of each family.";
+    return c;
   }
+  const auto a = family_mean_per_seed(g.adam, n_seeds), b = family_mean_per_seed(g.sgd, n_seeds);
+  std::vector<double> d(n_seeds);
+  for (size_t s = 0; s < n_seeds; ++s) d[s] = a[s] - b[s];
+  c.difference = bootstrap_mean(d, options);
+  c.point_verdict = direction(c.difference, 0.0, 0.0);
+  c.evidence = fmt::format(
+      "Stable width (decades, mean over seeds [95 % interval]): Adam family {:.2f} [{:.2f}, "
+      "{:.2f}], mSGD family {:.2f} [{:.2f}, {:.2f}]; difference {}. Per variant: {}; {}.",
+      out.adam_family_width.estimate, out.adam_family_width.lo, out.adam_family_width.hi,
+      out.sgd_family_width.estimate, out.sgd_family_width.lo, out.sgd_family_width.hi,
+      fmt_interval(c.difference), width_list(g.adam), width_list(g.sgd));
+  std::vector<const WidthEstimate*> involved = g.adam;
+  involved.insert(involved.end(), g.sgd.begin(), g.sgd.end());
+  finish(c, involved, out.n_seeds);
+  return c;
+}
 
-  // Claim 3.
-  {
-    ClaimEvidence c;
-    c.number = 3;
-    c.claim = "p = 0 (Muon) does not consistently outperform Adam.";
-    c.statistic = "per p = 0 variant: mean over seeds of loss(Adam) − loss(p = 0) at the best lrs "
-                  "(> 0: p = 0 better), against the noise margin";
-    if (!adam_base || zeros.empty() || adam_base->best < 0 || n_seeds == 0) {
-      c.evidence = "needs Adam (with a finite result) and a p = 0 variant.";
-      out.claims.push_back(std::move(c));
-      return out;
-    }
-    const auto& adam_grid = table.variants[adam_base - out.widths.data()];
-    bool any_better = false, all_not_better = true;
-    std::vector<const WidthEstimate*> involved = {adam_base};
-    double closest = -kInf;  // the p = 0 variant nearest to outperforming Adam is the headline
-    std::string parts;
-    for (const auto* z : zeros) {
-      involved.push_back(z);
-      if (z->best < 0) {
-        all_not_better = false;
-        parts += fmt::format("{}{} has no finite result", parts.empty() ? "" : "; ", z->variant);
-        continue;
-      }
-      const auto& zg = table.variants[z - out.widths.data()];
-      std::vector<double> d(n_seeds);
-      for (size_t s = 0; s < n_seeds; ++s)
-        d[s] = adam_grid.loss[adam_base->best][s] - zg.loss[z->best][s];
-      const Interval i = bootstrap_mean(d, options);
-      const double m = std::sqrt(0.5 * (adam_base->best_std * adam_base->best_std +
-                                        z->best_std * z->best_std));
-      const Verdict better = direction(i, m, m);  // supported = z outperforms Adam
-      any_better |= better == Verdict::kSupported;
-      all_not_better &= better == Verdict::kContradicted;
-      if (i.estimate - m > closest) {
-        closest = i.estimate - m;
-        c.difference = i;
-        c.margin = m;
-      }
-      parts += fmt::format(
-          "{}{} at lr {:g}: {:.4f} ± {:.4f} vs Adam at lr {:g}: {:.4f} ± {:.4f}; Adam − {} = {} "
-          "against a noise margin of {:.4f} → {}",
-          parts.empty() ? "" : "; ", z->variant, zg.lrs[z->best], z->best_mean, z->best_std,
-          adam_grid.lrs[adam_base->best], adam_base->best_mean, adam_base->best_std, z->variant,
-          fmt_loss_interval(i), m,
-          better == Verdict::kSupported ? "outperforms Adam"
-          : better == Verdict::kContradicted ? "does not outperform Adam"
+// Claim 2: per seed, mean width of the mSGD variants with p < 1 − width of mSGD.
+ClaimEvidence claim_compression_stabilises_sgd(const WidthGroups& g, size_t n_seeds,
+                                               const VerdictOptions& options) {
+  ClaimEvidence c;
+  c.number = 2;
+  c.claim = "Spectral compression (p < 1) strongly stabilises first-moment updates (mSGD).";
+  c.statistic = "mean stable width of the mSGD variants with p < 1 − that of mSGD (decades)";
+  if (!g.sgd_base || g.sgd_compressed.empty() || n_seeds == 0) {
+    c.evidence = "needs mSGD and at least one mSGD variant with p < 1.";
+    return c;
+  }
+  const auto minus_base = [&](const std::vector<double>& per_seed) {
+    std::vector<double> d(n_seeds);
+    for (size_t s = 0; s < n_seeds; ++s) d[s] = per_seed[s] - g.sgd_base->per_seed[s];
+    return bootstrap_mean(d, options);
+  };
+  c.difference = minus_base(family_mean_per_seed(g.sgd_compressed, n_seeds));
+  c.point_verdict = direction(c.difference, 0.0, 0.0);
+  std::string each;
+  for (const auto* w : g.sgd_compressed)
+    each += fmt::format("{}{} − mSGD {}", each.empty() ? "" : ", ", w->variant,
+                        fmt_interval(minus_base(w->per_seed)));
+  const Interval& base = g.sgd_base->width;
+  c.evidence = fmt::format("Stable width (decades): mSGD {:.2f} [{:.2f}, {:.2f}]; {}. "
+                           "Difference (p < 1 mean − mSGD) {}; per variant: {}.",
+                           base.estimate, base.lo, base.hi, width_list(g.sgd_compressed),
+                           fmt_interval(c.difference), each);
+  std::vector<const WidthEstimate*> involved = g.sgd_compressed;
+  involved.push_back(g.sgd_base);
+  finish(c, involved, static_cast<int64_t>(n_seeds));
+  return c;
+}
+
+// Claim 3, one p = 0 variant z against Adam at their best lrs: d_s = loss(Adam) − loss(z), its
+// interval against the noise margin m (verdict.h).
+struct ZeroVsAdam {
+  Interval difference;
+  double margin = 0.0;
+  Verdict better = Verdict::kInconclusive;  // supported = z outperforms Adam
+  std::string text;
+};
+
+ZeroVsAdam compare_zero_with_adam(const VariantGrid& adam_grid, const WidthEstimate& adam,
+                                  const VariantGrid& zero_grid, const WidthEstimate& z,
+                                  const VerdictOptions& options) {
+  ZeroVsAdam out;
+  const size_t n_seeds = adam.per_seed.size();
+  std::vector<double> d(n_seeds);
+  for (size_t s = 0; s < n_seeds; ++s) d[s] = adam_grid.loss[adam.best][s] - zero_grid.loss[z.best][s];
+  out.difference = bootstrap_mean(d, options);
+  out.margin = std::sqrt(0.5 * (adam.best_std * adam.best_std + z.best_std * z.best_std));
+  out.better = direction(out.difference, out.margin, out.margin);
+  out.text = fmt::format(
+      "{} at lr {:g}: {:.4f} ± {:.4f} vs Adam at lr {:g}: {:.4f} ± {:.4f}; Adam − {} = {} "
+      "against a noise margin of {:.4f} → {}",
+      z.variant, zero_grid.lrs[z.best], z.best_mean, z.best_std, adam_grid.lrs[adam.best],
+      adam.best_mean, adam.best_std, z.variant, fmt_loss_interval(out.difference), out.margin,
+      out.better == Verdict::kSupported      ? "outperforms Adam"
+      : out.better == Verdict::kContradicted ? "does not outperform Adam"
                                              : "undecided");
-    }
-    c.point_verdict = any_better ? Verdict::kContradicted
-                                 : (all_not_better ? Verdict::kSupported : Verdict::kInconclusive);
-    c.evidence = parts + ".";
-    finish(c, involved, static_cast<int64_t>(n_seeds));
-    out.claims.push_back(std::move(c));
+  return out;
+}
+
+// Claim 3: p = 0 does not consistently outperform Adam.
+ClaimEvidence claim_zero_not_better(const SeedTable& table, const ToleranceVerdicts& out,
+                                    const WidthGroups& g, const VerdictOptions& options) {
+  ClaimEvidence c;
+  c.number = 3;
+  c.claim = "p = 0 (Muon) does not consistently outperform Adam.";
+  c.statistic = "per p = 0 variant: mean over seeds of loss(Adam) − loss(p = 0) at the best lrs "
+                "(> 0: p = 0 better), against the noise margin";
+  if (!g.adam_base || g.zeros.empty() || g.adam_base->best < 0 || out.n_seeds == 0) {
+    c.evidence = "needs Adam (with a finite result) and a p = 0 variant.";
+    return c;
   }
+  const auto grid_of = [&](const WidthEstimate* w) -> const VariantGrid& {
+    return table.variants[w - out.widths.data()];
+  };
+  bool any_better = false, all_not_better = true;
+  std::vector<const WidthEstimate*> involved = {g.adam_base};
+  double closest = -kInf;  // the p = 0 variant nearest to outperforming Adam is the headline
+  std::string parts;
+  for (const auto* z : g.zeros) {
+    involved.push_back(z);
+    const std::string sep = parts.empty() ? "" : "; ";
+    if (z->best < 0) {
+      all_not_better = false;
+      parts += sep + z->variant + " has no finite result";
+      continue;
+    }
+    const ZeroVsAdam r = compare_zero_with_adam(grid_of(g.adam_base), *g.adam_base, grid_of(z), *z, options);
+    any_better |= r.better == Verdict::kSupported;
+    all_not_better &= r.better == Verdict::kContradicted;
+    if (r.difference.estimate - r.margin > closest) {
+      closest = r.difference.estimate - r.margin;
+      c.difference = r.difference;
+      c.margin = r.margin;
+    }
+    parts += sep + r.text;
+  }
+  c.point_verdict = any_better ? Verdict::kContradicted
+                               : (all_not_better ? Verdict::kSupported : Verdict::kInconclusive);
+  c.evidence = parts + ".";
+  finish(c, involved, out.n_seeds);
+  return c;
+}
+
+}  // namespace
+
+ToleranceVerdicts judge_claims(const SeedTable& table, double tolerance,
+                               const VerdictOptions& options) {
+  TORCH_CHECK(std::isfinite(tolerance) && tolerance >= 0, "stable tolerance must be >= 0, got ",
+              tolerance);
+  const size_t n_seeds = table.seeds.size();
+  ToleranceVerdicts out;
+  out.tolerance = tolerance;
+  out.n_seeds = static_cast<int64_t>(n_seeds);
+  const std::vector<double> level = seed_levels(table);
+  for (const auto& v : table.variants) out.widths.push_back(estimate_width(v, level, tolerance, options));
+
+  const WidthGroups g = group_widths(out.widths);
+  if (!g.adam.empty()) out.adam_family_width = bootstrap_mean(family_mean_per_seed(g.adam, n_seeds), options);
+  if (!g.sgd.empty()) out.sgd_family_width = bootstrap_mean(family_mean_per_seed(g.sgd, n_seeds), options);
+  out.claims.push_back(claim_rms_stability(out, g, options));
+  out.claims.push_back(claim_compression_stabilises_sgd(g, n_seeds, options));
+  out.claims.push_back(claim_zero_not_better(table, out, g, options));
   return out;
 }
 

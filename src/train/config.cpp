@@ -7,18 +7,23 @@
 #include "specopt/core/update_rules.h"
 #include "specopt/core/variants.h"
 
+#include "train/toml_nodes.h"
+
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
 #include <cmath>
 #include <fstream>
-#include <optional>
 #include <sstream>
 
 namespace specopt {
 
 namespace {
+
+using detail::describe;
+using detail::parse_value;
+using detail::read_node;
 
 // The sane ranges of sizes and counts (validate(); docs/training.md lists them).
 constexpr int64_t kMaxThreads = 4096;
@@ -97,62 +102,6 @@ void visit_fields(Config& c, Visitor&& v) {
   v("train.checkpoint_every", c.train.checkpoint_every);
 }
 
-std::string describe(const toml::node& node) {
-  if (const auto* f = node.as_floating_point()) return toml_float(f->get());
-  if (const auto* arr = node.as_array()) {  // element by element, for the floats in it
-    std::string out = "[";
-    for (size_t i = 0; i < arr->size(); ++i) out += (i ? ", " : "") + describe(*arr->get(i));
-    return out + "]";
-  }
-  std::ostringstream os;
-  node.visit([&](const auto& x) { os << x; });
-  return os.str();
-}
-
-// ---- TOML node → typed field -------------------------------------------------
-
-void read_node(const toml::node& n, int64_t& out, const std::string& key) {
-  auto v = n.value_exact<int64_t>();
-  TORCH_CHECK(v.has_value(), "config key '", key, "': expected an integer, got ", describe(n));
-  out = *v;
-}
-void read_node(const toml::node& n, double& out, const std::string& key) {
-  TORCH_CHECK(n.is_number(), "config key '", key, "': expected a number, got ", describe(n));
-  if (const auto* f = n.as_floating_point()) {
-    out = f->get();
-    return;
-  }
-  // An integer is taken only when a double holds it exactly (|i| ≤ 2^53, or a
-  // larger multiple of a power of two): 9007199254740993 is an error, not
-  // 9007199254740992. 2^63 itself is out of int64 range, so the round trip is
-  // checked below it.
-  const int64_t i = n.as_integer()->get();
-  const double d = static_cast<double>(i);
-  TORCH_CHECK(d < 9223372036854775808.0 && static_cast<int64_t>(d) == i, "config key '", key,
-              "': the integer ", i, " has no exact double value (the nearest is ", fmt::format("{:.17g}", d),
-              "); write the value meant as a float");
-  out = d;
-}
-void read_node(const toml::node& n, bool& out, const std::string& key) {
-  auto v = n.value_exact<bool>();
-  TORCH_CHECK(v.has_value(), "config key '", key, "': expected true or false, got ", describe(n));
-  out = *v;
-}
-void read_node(const toml::node& n, std::string& out, const std::string& key) {
-  auto v = n.value_exact<std::string>();
-  TORCH_CHECK(v.has_value(), "config key '", key, "': expected a string, got ", describe(n));
-  out = *v;
-}
-template <class T>
-void read_node(const toml::node& n, std::vector<T>& out, const std::string& key) {
-  const toml::array* arr = n.as_array();
-  TORCH_CHECK(arr != nullptr, "config key '", key, "': expected an array, got ", describe(n));
-  std::vector<T> values(arr->size());
-  for (size_t i = 0; i < arr->size(); ++i)
-    read_node(*arr->get(i), values[i], key + "[" + std::to_string(i) + "]");
-  out = std::move(values);
-}
-
 // ---- typed field → TOML node -------------------------------------------------
 
 template <class T>
@@ -167,15 +116,6 @@ void insert_value(toml::table& table, const std::string& name, const std::vector
 }
 
 // ---- override parsing --------------------------------------------------------
-
-// The value text as a TOML node, or nullptr when it is not a TOML value.
-std::optional<toml::table> parse_value(const std::string& text) {
-  try {
-    return toml::parse(std::string_view("v = " + text), std::string_view("--set"));
-  } catch (const toml::parse_error&) {
-    return std::nullopt;
-  }
-}
 
 template <class T>
 void read_text(const std::string& text, T& out, const std::string& key) {

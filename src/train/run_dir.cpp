@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 
 namespace specopt {
 
@@ -36,15 +37,24 @@ nlohmann::json json_number(double v) {
   if (std::isnan(v)) return "nan";
   return v > 0 ? "inf" : "-inf";
 }
-double json_to_double(const nlohmann::json& j, double missing) {
+
+namespace {
+
+// The number json_number encoded in `j`; nullopt for anything else (null included).
+std::optional<double> decode_number(const nlohmann::json& j) {
   if (j.is_number()) return j.get<double>();
-  if (j.is_string()) {
-    const std::string s = j.get<std::string>();
-    if (s == "inf") return std::numeric_limits<double>::infinity();
-    if (s == "-inf") return -std::numeric_limits<double>::infinity();
-    if (s == "nan") return std::numeric_limits<double>::quiet_NaN();
-  }
-  return missing;  // null: no value
+  if (!j.is_string()) return std::nullopt;
+  const auto& s = j.get_ref<const std::string&>();
+  if (s == "inf") return std::numeric_limits<double>::infinity();
+  if (s == "-inf") return -std::numeric_limits<double>::infinity();
+  if (s == "nan") return std::numeric_limits<double>::quiet_NaN();
+  return std::nullopt;
+}
+
+}  // namespace
+
+double json_to_double(const nlohmann::json& j, double missing) {
+  return decode_number(j).value_or(missing);
 }
 
 void write_summary(const std::string& path, const RunSummary& r, const nlohmann::json& context) {
@@ -67,25 +77,55 @@ void write_summary(const std::string& path, const RunSummary& r, const nlohmann:
   write_file_atomic(path, summary.dump(2) + "\n");
 }
 
+namespace {
+
+// summary.json's value of `key` as a T, `fallback` when the key is absent. A value of another
+// JSON type is an error naming the file and the key: a hand-edited or foreign summary must not
+// pass for a default (a loss of the wrong type for a diverged run).
+template <class T>
+T summary_value(const nlohmann::json& s, const char* key, T fallback, const std::string& path) {
+  const auto it = s.find(key);
+  if (it == s.end()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const nlohmann::json::exception&) {
+    TORCH_CHECK(false, "'", path, "': '", key, "' has the wrong type (", it->dump(), ")");
+  }
+}
+
+// A loss or accuracy: a number, or json_number's "inf" / "-inf" / "nan"; `missing` when the key
+// is absent or null (no value). Any other JSON is an error naming the file and the key.
+double summary_number(const nlohmann::json& s, const char* key, double missing, const std::string& path) {
+  const auto it = s.find(key);
+  if (it == s.end() || it->is_null()) return missing;
+  const auto v = decode_number(*it);
+  TORCH_CHECK(v.has_value(), "'", path, "': '", key,
+              "' must be a number, \"inf\", \"-inf\", \"nan\" or null, got ", it->dump());
+  return *v;
+}
+
+}  // namespace
+
 RunSummary read_summary(const std::string& path) {
   std::ifstream in(path);
   const auto s = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   TORCH_CHECK(!s.is_discarded(), "cannot parse '", path, "'");
+  TORCH_CHECK(s.is_object(), "'", path, "' is not a JSON object");
   constexpr double kInf = std::numeric_limits<double>::infinity();
   RunSummary r;
-  r.status = s.value("status", "finished");
-  r.diverged = s.value("diverged", false);
-  r.diverged_reason = s.value("diverged_reason", "");
-  r.steps_done = s.value("steps_done", int64_t{0});
-  r.final_train_loss = json_to_double(s.value("final_train_loss", nlohmann::json()), kInf);
-  r.final_val_loss = json_to_double(s.value("final_val_loss", nlohmann::json()), kInf);
-  r.best_val_loss = json_to_double(s.value("best_val_loss", nlohmann::json()), kInf);
-  r.throughput_unit = s.value("throughput_unit", "");
-  r.throughput = s.value("throughput", 0.0);
-  r.spectral_share = s.value("spectral_share", 0.0);
-  r.wall_s = s.value("wall_s", 0.0);
+  r.status = summary_value<std::string>(s, "status", "finished", path);
+  r.diverged = summary_value(s, "diverged", false, path);
+  r.diverged_reason = summary_value<std::string>(s, "diverged_reason", "", path);
+  r.steps_done = summary_value(s, "steps_done", int64_t{0}, path);
+  r.final_train_loss = summary_number(s, "final_train_loss", kInf, path);
+  r.final_val_loss = summary_number(s, "final_val_loss", kInf, path);
+  r.best_val_loss = summary_number(s, "best_val_loss", kInf, path);
+  r.throughput_unit = summary_value<std::string>(s, "throughput_unit", "", path);
+  r.throughput = summary_value(s, "throughput", 0.0, path);
+  r.spectral_share = summary_value(s, "spectral_share", 0.0, path);
+  r.wall_s = summary_value(s, "wall_s", 0.0, path);
   r.final_val_accuracy =
-      json_to_double(s.value("final_val_accuracy", nlohmann::json()), std::numeric_limits<double>::quiet_NaN());
+      summary_number(s, "final_val_accuracy", std::numeric_limits<double>::quiet_NaN(), path);
   return r;
 }
 

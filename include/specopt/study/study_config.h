@@ -60,4 +60,14 @@ struct StudyConfig {
 // seed list → c10::Error naming the offending key/value and the file.
 StudyConfig load_study_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
+// The [study] keys, in reading order (one field list in study_config.cpp drives reading,
+// writing and this list; docs/study.md's table lists them all).
+std::vector<std::string> study_config_keys();
+
+// The config as a study config file that loads to the same StudyConfig (but for config_path and
+// set_overrides, which are already applied): the p axis written as the variants it expands to,
+// every variant's lr grid under [study.lrs], the reference as an absolute path, and the resolved
+// base train config. `specopt study CONFIG --print-config` prints it.
+std::string study_config_to_toml(const StudyConfig& config);
+
 }  // namespace specopt

@@ -57,7 +57,9 @@ struct RunSummary {
 // the run's description `context` (steps, timings, variant, lr, seed, model,
 // data, parameters, device, threads), written atomically.
 void write_summary(const std::string& path, const RunSummary& r, const nlohmann::json& context);
-// Reads summary.json; c10::Error naming the file when it cannot be parsed.
+// Reads summary.json; c10::Error naming the file when it cannot be parsed, and the file and
+// the key when a value has the wrong JSON type (a loss or the accuracy must be a number,
+// "inf", "-inf", "nan" or null; absent or null losses read +inf, an absent accuracy NaN).
 RunSummary read_summary(const std::string& path);
 
 // The rows of metrics.jsonl in order; unparsable lines (the torn last line of
