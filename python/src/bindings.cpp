@@ -127,19 +127,12 @@ py::dict info_dict(const SpectralInfo& info) {
 }  // namespace
 
 SpectralOptions spectral_options_from(const py::dict& options, SpectralOptions base) {
-  for (const auto& item : options) {
-    const auto key = item.first.cast<std::string>();
-    bool found = false;
-    visit_spectral_fields(base, [&](const std::string& name, auto& field) {
-      if (name != key) return;
-      set_spectral_value(name, item.second, field);
-      found = true;
-    });
-    if (!found) {
-      throw py::value_error("unknown spectral option '" + key + "' (valid: " + spectral_field_names() +
-                            ")");
-    }
-  }
+  read_fields(
+      base, options, [](auto& o, auto&& v) { visit_spectral_fields(o, v); },
+      [](const std::string& key, py::handle value, auto& field) { set_spectral_value(key, value, field); },
+      [](const std::string& key) {
+        return py::value_error("unknown spectral option '" + key + "' (valid: " + spectral_field_names() + ")");
+      });
   return base;
 }
 

@@ -9,6 +9,7 @@
 #include "specopt/core/option_fields.h"
 #include "specopt/core/spectral.h"
 
+#include <string>
 #include <tuple>
 #include <type_traits>
 
@@ -43,6 +44,24 @@ const char* python_type_name() {
   else if constexpr (std::is_same<T, NsCoefficients>::value) return "a coefficient set name";
   else if constexpr (std::is_same<T, c10::optional<c10::ScalarType>>::value) return "a torch.dtype or None";
   else return "a string";
+}
+
+// Sets, for each entry of `dict`, the field of that name of `o`: `visit` is a
+// field table (a callable visit(o, visitor), option_fields.h) and
+// read(key, value, field) converts one value. A key that names no field
+// throws unknown(key).
+template <class O, class Visit, class Read, class Unknown>
+void read_fields(O& o, const py::dict& dict, Visit&& visit, Read&& read, Unknown&& unknown) {
+  for (const auto& item : dict) {
+    const auto key = item.first.cast<std::string>();
+    bool found = false;
+    visit(o, [&](const std::string& name, auto& field) {
+      if (name != key) return;
+      read(key, item.second, field);
+      found = true;
+    });
+    if (!found) throw unknown(key);
+  }
 }
 
 // SpectralOptions from Python keyword options ({"tol": 1e-5, "compute_dtype": torch.float64, ...}).

@@ -175,16 +175,10 @@ void read_spec_value(const std::string& key, py::handle v, T& out) {
 // C++ OptimizerSpec's field table (visit_spec_fields).
 OptimizerSpec spec_from(const py::dict& kw) {
   OptimizerSpec s;
-  for (const auto& item : kw) {
-    const auto key = item.first.cast<std::string>();
-    bool found = false;
-    visit_spec_fields(s, [&](const std::string& name, auto& field) {
-      if (name != key) return;
-      read_spec_value(key, item.second, field);
-      found = true;
-    });
-    if (!found) throw py::value_error("make_optimizer: unknown option '" + key + "'");
-  }
+  read_fields(
+      s, kw, [](auto& o, auto&& v) { visit_spec_fields(o, v); },
+      [](const std::string& key, py::handle value, auto& field) { read_spec_value(key, value, field); },
+      [](const std::string& key) { return py::value_error("make_optimizer: unknown option '" + key + "'"); });
   return s;
 }
 

@@ -41,7 +41,7 @@ constexpr double kMinNormalFloat32 = 1.1754943508222875e-38;  // FLT_MIN
 // "optim.<field>", except split_rows_patterns, written optim.split_rows, and
 // spectral, of which three settings are keys (optim.spectral_tol,
 // optim.newton_lower, optim.ns_steps); exclude_from_spectral and on_nonfinite
-// are no config keys. Then the config-only p_schedule. The key order is
+// are not config keys (they keep the spec's defaults). Then the config-only p_schedule. The key order is
 // that of config.toml files written so far.
 template <class Optim, class Visitor>
 void visit_optim_fields(Optim& o, Visitor& v) {
@@ -211,12 +211,12 @@ void read_text(const std::string& text, T& out, const std::string& key) {
     std::string name;
     read_text(text, name, key);
     read_name(name, out, key);
-    return;
+  } else {
+    auto doc = parse_value(text);
+    TORCH_CHECK(doc.has_value(), "bad value for config key '", key, "': '", text,
+                "' is not a valid value");
+    read_node(*doc->get("v"), out, key);
   }
-  auto doc = parse_value(text);
-  TORCH_CHECK(doc.has_value(), "bad value for config key '", key, "': '", text,
-              "' is not a valid value");
-  read_node(*doc->get("v"), out, key);
 }
 void read_text(const std::string& text, std::string& out, const std::string& /*key*/) {
   // A quoted TOML string, or else the raw text (so --set run.device=cuda works).
