@@ -17,10 +17,10 @@ using namespace detail;
 
 // ---- SpectralAdamW ------------------------------------------------------------
 
-SpectralAdamWOptions::SpectralAdamWOptions(double lr) : SpectralGroupOptions(1e-2), lr_(lr) {}
+SpectralAdamWOptions::SpectralAdamWOptions(double lr) : SpectralGroupOptions(lr, 1e-2) {}
 
 void SpectralAdamWOptions::check() const {
-  TORCH_CHECK(std::isfinite(lr()) && lr() >= 0, "SpectralAdamW: invalid learning rate: ", lr());
+  check_lr("SpectralAdamW");
   TORCH_CHECK(std::isfinite(eps()) && eps() >= 0, "SpectralAdamW: invalid epsilon value: ", eps());
   const auto [beta1, beta2] = betas();
   TORCH_CHECK(beta1 >= 0 && beta1 < 1.0, "SpectralAdamW: invalid beta1 (must lie in [0, 1)): ", beta1);
@@ -31,9 +31,6 @@ void SpectralAdamWOptions::check() const {
 void SpectralAdamWOptions::serialize(OutputArchive& a) const { visit_adamw_fields(*this, ArchiveWriter{a, ""}); }
 
 void SpectralAdamWOptions::serialize(InputArchive& a) { visit_adamw_fields(*this, ArchiveReader{a, ""}); }
-
-double SpectralAdamWOptions::get_lr() const { return lr(); }
-void SpectralAdamWOptions::set_lr(const double lr) { this->lr(lr); }
 
 void SpectralAdamWParamState::serialize(OutputArchive& a) const {
   put(a, "step", step());

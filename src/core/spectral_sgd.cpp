@@ -17,10 +17,10 @@ using namespace detail;
 
 // ---- SpectralSGD --------------------------------------------------------------
 
-SpectralSGDOptions::SpectralSGDOptions(double lr) : SpectralGroupOptions(0.0), lr_(lr) {}
+SpectralSGDOptions::SpectralSGDOptions(double lr) : SpectralGroupOptions(lr, 0.0) {}
 
 void SpectralSGDOptions::check() const {
-  TORCH_CHECK(std::isfinite(lr()) && lr() >= 0, "SpectralSGD: invalid learning rate: ", lr());
+  check_lr("SpectralSGD");
   TORCH_CHECK(momentum() >= 0 && momentum() < 1.0, "SpectralSGD: invalid momentum (must lie in [0, 1)): ",
               momentum());
   TORCH_CHECK(!nesterov() || momentum() > 0, "SpectralSGD: Nesterov momentum needs momentum > 0, got ",
@@ -31,9 +31,6 @@ void SpectralSGDOptions::check() const {
 void SpectralSGDOptions::serialize(OutputArchive& a) const { visit_sgd_fields(*this, ArchiveWriter{a, ""}); }
 
 void SpectralSGDOptions::serialize(InputArchive& a) { visit_sgd_fields(*this, ArchiveReader{a, ""}); }
-
-double SpectralSGDOptions::get_lr() const { return lr(); }
-void SpectralSGDOptions::set_lr(const double lr) { this->lr(lr); }
 
 void SpectralSGDParamState::serialize(OutputArchive& a) const {
   a.write("momentum_buffer", momentum_buffer());

@@ -26,14 +26,12 @@
 
 namespace specopt {
 
-// Fields and chaining setters of its own, plus weight_decay, decay_vectors and the
-// transform (p, method, scale, row_blocks, spectral) of SpectralGroupOptions
-// (weight_decay defaults to 1e-2 (as torch AdamW)). The field table is visit_adamw_fields
+// Fields and chaining setters of its own, plus lr, weight_decay, decay_vectors and
+// the transform (p, method, scale, row_blocks, spectral) of SpectralGroupOptions
+// (weight_decay defaults to 1e-2, as in torch AdamW). The field table is visit_adamw_fields
 // (option_fields.h).
-struct SpectralAdamWOptions : public torch::optim::OptimizerCloneableOptions<SpectralAdamWOptions>,
-                              public SpectralGroupOptions<SpectralAdamWOptions> {
+struct SpectralAdamWOptions : public SpectralGroupOptions<SpectralAdamWOptions> {
   SpectralAdamWOptions(double lr = 1e-3);
-  TORCH_ARG(double, lr) = 1e-3;
   typedef std::tuple<double, double> betas_t;
   TORCH_ARG(betas_t, betas) = std::make_tuple(0.9, 0.999);
   TORCH_ARG(double, eps) = 1e-8;
@@ -43,8 +41,6 @@ struct SpectralAdamWOptions : public torch::optim::OptimizerCloneableOptions<Spe
   void check() const;
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
-  double get_lr() const override;
-  void set_lr(const double lr) override;
 };
 
 struct SpectralAdamWParamState

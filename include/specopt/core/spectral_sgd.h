@@ -21,14 +21,12 @@
 
 namespace specopt {
 
-// Fields and chaining setters of its own, plus weight_decay, decay_vectors and the
-// transform (p, method, scale, row_blocks, spectral) of SpectralGroupOptions
+// Fields and chaining setters of its own, plus lr, weight_decay, decay_vectors and
+// the transform (p, method, scale, row_blocks, spectral) of SpectralGroupOptions
 // (weight_decay defaults to 0). The field table is visit_sgd_fields
 // (option_fields.h).
-struct SpectralSGDOptions : public torch::optim::OptimizerCloneableOptions<SpectralSGDOptions>,
-                            public SpectralGroupOptions<SpectralSGDOptions> {
-  SpectralSGDOptions(double lr);
-  TORCH_ARG(double, lr);
+struct SpectralSGDOptions : public SpectralGroupOptions<SpectralSGDOptions> {
+  SpectralSGDOptions(double lr);  // no default lr, as torch::optim::SGD
   TORCH_ARG(double, momentum) = 0.9;
   TORCH_ARG(bool, nesterov) = false;
 
@@ -37,8 +35,6 @@ struct SpectralSGDOptions : public torch::optim::OptimizerCloneableOptions<Spect
   void check() const;
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
-  double get_lr() const override;
-  void set_lr(const double lr) override;
 };
 
 struct SpectralSGDParamState
