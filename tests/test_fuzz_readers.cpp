@@ -81,8 +81,8 @@ void expect_in_documented_ranges(const TrainConfig& c, const std::string& input)
   in("optim.momentum", c.optim.momentum, 0, 1);
   in("optim.eps", c.optim.eps, FLT_MIN, 1);
   EXPECT_GT(static_cast<float>(c.optim.eps), 0.0f);
-  in("optim.spectral_tol", c.optim.spectral_tol, DBL_MIN, 1);
-  in("optim.ns_steps", c.optim.ns_steps, 1, 1000);
+  in("optim.spectral_tol", c.optim.spectral.tol(), DBL_MIN, 1);
+  in("optim.ns_steps", c.optim.spectral.ns_steps(), 1, 1000);
   in("optim.split_rows_blocks", c.optim.split_rows_blocks, 1, 1024);
   in("train.steps", c.train.steps, 1, 1e10);
   in("train.batch_size", c.train.batch_size, 1, 1 << 24);

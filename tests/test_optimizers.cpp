@@ -3,7 +3,9 @@
 // straightforward float64 implementations of the study's formulas written
 // here, with Ψ_p from at::linalg_svd.
 #include "paper_reference.h"
+#include "test_support.h"
 #include "specopt/core/make_optimizer.h"
+#include "specopt/core/option_fields.h"
 #include "specopt/train/models.h"
 #include "specopt/core/spectral_adamw.h"
 #include "specopt/core/spectral_sgd.h"
@@ -17,7 +19,9 @@
 #include <torch/optim/adamw.h>
 #include <torch/serialize.h>
 
+#include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <sstream>
@@ -835,6 +839,147 @@ TEST(Training, EveryVariantReducesTheLoss) {
     EXPECT_TRUE(std::isfinite(final_loss)) << v.name;
     EXPECT_LT(final_loss, 0.05 * initial) << v.name << ": " << initial << " -> " << final_loss;
   }
+}
+
+// ---- field tables (option_fields.h) ------------------------------------------------
+
+// Every field of SpectralOptions but method set away from its default.
+specopt::SpectralOptions nondefault_spectral() {
+  return specopt::SpectralOptions()
+      .tol(3e-5)
+      .iterations(7)
+      .newton_lower(2e-3)
+      .ns_steps(9)
+      .ns_coefficients(specopt::NsCoefficients::kPolarExpress)
+      .compute_dtype(at::kDouble)
+      .neg_eps(5e-4)
+      .rank_tol(1e-9)
+      .check_finite(false);
+}
+
+void expect_same_spectral(const specopt::SpectralOptions& a, const specopt::SpectralOptions& b) {
+  EXPECT_EQ(a.tol(), b.tol());
+  EXPECT_EQ(a.iterations(), b.iterations());
+  EXPECT_EQ(a.newton_lower(), b.newton_lower());
+  EXPECT_EQ(a.ns_steps(), b.ns_steps());
+  EXPECT_EQ(a.ns_coefficients(), b.ns_coefficients());
+  EXPECT_EQ(a.compute_dtype(), b.compute_dtype());
+  EXPECT_EQ(a.neg_eps(), b.neg_eps());
+  EXPECT_EQ(a.rank_tol(), b.rank_tol());
+  EXPECT_EQ(a.check_finite(), b.check_finite());
+}
+
+template <class Options>
+void expect_same_group(const Options& a, const Options& b) {
+  EXPECT_EQ(a.lr(), b.lr());
+  EXPECT_EQ(a.weight_decay(), b.weight_decay());
+  EXPECT_EQ(a.decay_vectors(), b.decay_vectors());
+  EXPECT_EQ(a.p(), b.p());
+  EXPECT_EQ(a.method(), b.method());
+  EXPECT_EQ(a.scale(), b.scale());
+  EXPECT_EQ(a.row_blocks(), b.row_blocks());
+  expect_same_spectral(a.spectral(), b.spectral());
+}
+
+// The entries of a saved options archive, and the options read back.
+template <class Options>
+Options archive_round_trip(const Options& o, const std::vector<std::string>& keys) {
+  const std::string bytes = save_to_string([&](torch::serialize::OutputArchive& a) { o.serialize(a); });
+  Options back(0.0);
+  load_from_string(bytes, [&](torch::serialize::InputArchive& a) {
+    for (const auto& key : keys) {  // the archive format: these keys, as every earlier version wrote
+      c10::IValue v;
+      EXPECT_TRUE(a.try_read(key, v)) << key;
+    }
+    back.serialize(a);
+  });
+  return back;
+}
+
+const std::vector<std::string> kTransformKeys = {
+    "p", "method", "scale", "row_blocks", "spectral.tol", "spectral.iterations", "spectral.newton_lower",
+    "spectral.ns_steps", "spectral.ns_coefficients", "spectral.compute_dtype", "spectral.neg_eps",
+    "spectral.rank_tol", "spectral.check_finite"};
+
+std::vector<std::string> with_transform_keys(std::vector<std::string> keys) {
+  keys.insert(keys.end(), kTransformKeys.begin(), kTransformKeys.end());
+  return keys;
+}
+
+// Every field non-default, so one missing from visit_adamw_fields /
+// visit_sgd_fields (or from its archive codec) fails here.
+TEST(OptionFields, AdamWOptionsArchiveRoundTripsEveryField) {
+  const auto o = specopt::SpectralAdamWOptions(2e-3)
+                     .betas(std::make_tuple(0.8, 0.9))
+                     .eps(1e-7)
+                     .weight_decay(0.05)
+                     .decay_vectors(true)
+                     .p(0.25)
+                     .method(Method::kNewton)
+                     .scale(ScaleMode::kRmsMatch)
+                     .row_blocks(3)
+                     .spectral(nondefault_spectral());
+  const auto back = archive_round_trip(
+      o, with_transform_keys({"lr", "beta1", "beta2", "eps", "weight_decay", "decay_vectors"}));
+  expect_same_group(o, back);
+  EXPECT_EQ(o.betas(), back.betas());
+  EXPECT_EQ(o.eps(), back.eps());
+}
+
+TEST(OptionFields, SGDOptionsArchiveRoundTripsEveryField) {
+  const auto o = specopt::SpectralSGDOptions(0.02)
+                     .momentum(0.8)
+                     .nesterov(true)
+                     .weight_decay(0.01)
+                     .decay_vectors(true)
+                     .p(0.5)
+                     .method(Method::kEigh)
+                     .scale(ScaleMode::kShape)
+                     .row_blocks(2)
+                     .spectral(nondefault_spectral());
+  const auto back = archive_round_trip(
+      o, with_transform_keys({"lr", "momentum", "nesterov", "weight_decay", "decay_vectors"}));
+  expect_same_group(o, back);
+  EXPECT_EQ(o.momentum(), back.momentum());
+  EXPECT_EQ(o.nesterov(), back.nesterov());
+}
+
+// The transform's method wins over spectral.method (which is not saved).
+TEST(OptionFields, TransformMethodWinsOverSpectralMethod) {
+  const auto o = specopt::SpectralAdamWOptions().method(Method::kEigh).spectral(
+      specopt::SpectralOptions().method(Method::kSvd));
+  EXPECT_EQ(o.transform().method(), Method::kEigh);
+  EXPECT_EQ(archive_round_trip(o, {"method"}).method(), Method::kEigh);
+}
+
+// Each field name of a table is documented: in a row of the section's option
+// tables as `name` (a row may list several), or (tables_only = false, a
+// section that lists the names in prose) anywhere in the section.
+template <class Options, class Visit>
+void expect_documented(const std::string& file, const std::string& heading, Options& o, Visit visit,
+                       bool tables_only = true) {
+  const auto lines = specopt::testing::doc_section(file, heading, tables_only);
+  visit(o, [&](const std::string& name, const auto&) {
+    const std::string text = tables_only ? "`" + name + "`" : name;
+    const bool listed = std::any_of(lines.begin(), lines.end(),
+                                    [&](const std::string& line) { return line.find(text) != std::string::npos; });
+    EXPECT_TRUE(listed) << "docs/" << file << " (" << heading << ") does not list '" << name << "'";
+  });
+}
+
+TEST(OptionFields, DocsListEveryField) {
+  const auto visit_adamw = [](auto& o, auto&& v) { specopt::visit_adamw_fields(o, v); };
+  const auto visit_sgd = [](auto& o, auto&& v) { specopt::visit_sgd_fields(o, v); };
+  const auto visit_spec = [](auto& o, auto&& v) { specopt::visit_spec_fields(o, v); };
+  specopt::SpectralAdamWOptions adamw;
+  specopt::SpectralSGDOptions sgd(0.0);
+  specopt::OptimizerSpec spec;
+  expect_documented("optimizers.md", "`SpectralAdamWOptions`", adamw, visit_adamw);
+  expect_documented("optimizers.md", "`SpectralSGDOptions`", sgd, visit_sgd);
+  expect_documented("optimizers.md", "`OptimizerSpec`", spec, visit_spec);
+  expect_documented("python.md", "## Optimizers", adamw, visit_adamw);
+  expect_documented("python.md", "## Optimizers", sgd, visit_sgd);
+  expect_documented("python.md", "### make_optimizer", spec, visit_spec, /*tables_only=*/false);
 }
 
 }  // namespace

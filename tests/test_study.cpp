@@ -1089,7 +1089,7 @@ TEST(StudyConfig, GptPresetsSplitByShape) {
         specopt::load_study_config((fs::path(SPECOPT_SOURCE_DIR) / "configs" / "study" / preset).string());
     const auto train = specopt::config_from_toml_string(cfg.train_config_toml);
     EXPECT_TRUE(train.optim.split_rows_by_shape) << preset;
-    EXPECT_TRUE(train.optim.split_rows.empty()) << preset;
+    EXPECT_TRUE(train.optim.split_rows_patterns.empty()) << preset;
     EXPECT_EQ(train.optim.split_rows_blocks, 3) << preset;
   }
 }

@@ -18,6 +18,26 @@
 namespace specopt {
 namespace testing {
 
+// The lines of the section of docs/<file> whose heading contains `heading`,
+// up to the next heading: only its table rows, or (tables_only = false) all.
+inline std::vector<std::string> doc_section(const std::string& file, const std::string& heading, bool tables_only) {
+  std::ifstream in(std::string(SPECOPT_SOURCE_DIR) + "/docs/" + file);
+  EXPECT_TRUE(in.good()) << file;
+  std::vector<std::string> lines;
+  bool in_section = false, in_code = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("```", 0) == 0) in_code = !in_code;
+    if (!in_code && line.rfind("#", 0) == 0) {
+      if (in_section) break;
+      in_section = line.find(heading) != std::string::npos;
+    } else if (in_section && (!tables_only || line.rfind("|", 0) == 0)) {
+      lines.push_back(line);
+    }
+  }
+  EXPECT_FALSE(lines.empty()) << file << ": nothing under '" << heading << "'";
+  return lines;
+}
+
 // The message (without backtrace) of the c10::Error thrown by f; fails the
 // test when f throws none.
 template <class F>

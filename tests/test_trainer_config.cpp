@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -113,7 +114,7 @@ TEST(Config, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(c.model.kind, "gpt");
   EXPECT_EQ(c.data.kind, "kjv");
   EXPECT_EQ(c.optim.variant, "Adam");
-  EXPECT_EQ(c.optim.split_rows, std::vector<std::string>{"c_attn"});
+  EXPECT_EQ(c.optim.split_rows_patterns, std::vector<std::string>{"c_attn"});
   EXPECT_EQ(c.train.grad_accum, 1);
   EXPECT_EQ(c.train.grad_clip, 1.0);
   EXPECT_EQ(c.train.min_lr_ratio, 0.1);
@@ -145,7 +146,7 @@ steps = 50
   EXPECT_EQ(c.optim.lr_vector, 3e-3);
   EXPECT_TRUE(c.optim.nesterov);
   EXPECT_EQ(c.model.hidden, std::vector<int64_t>{8});
-  EXPECT_EQ(c.optim.split_rows, (std::vector<std::string>{"c_attn", "c_fc"}));
+  EXPECT_EQ(c.optim.split_rows_patterns, (std::vector<std::string>{"c_attn", "c_fc"}));
   EXPECT_EQ(c.optim.p_schedule, "linear:1->0");
   EXPECT_EQ(c.data.path, "/tmp/x y");
   EXPECT_EQ(c.train.batch_size, TrainConfig{}.train.batch_size);  // untouched default
@@ -216,7 +217,7 @@ TEST(Config, ResolvedConfigRoundTrips) {
   EXPECT_EQ(back.optim.lr_matrix, 0.30000000000000004);  // bit-exact double
   EXPECT_EQ(back.optim.eps, 1e-12);
   EXPECT_EQ(back.model.channels, (std::vector<int64_t>{4, 8}));
-  EXPECT_TRUE(back.optim.split_rows.empty());
+  EXPECT_TRUE(back.optim.split_rows_patterns.empty());
   // Every key is in the document, so the file is the whole config.
   for (const auto& key : specopt::config_keys())
     EXPECT_NE(text.find(key.substr(key.find('.') + 1) + " = "), std::string::npos) << key;
@@ -292,6 +293,70 @@ TEST(Config, SizesAndRealsOutsideTheirSaneRangesAreErrors) {
   // The bounds themselves are inside.
   EXPECT_NO_THROW(specopt::load_config("", {"optim.ns_steps=1000", "model.n_layer=256", "optim.eps=1.2e-38",
                                             "optim.lr_matrix=1e30", "optim.lr_vector=1e30"}));
+}
+
+// ---- the [optim] table: OptimizerSpec's field table under the config's keys ----------
+
+// The [optim] keys exactly as configs/ and run directories spell them.
+TEST(Config, OptimKeysAreUnchanged) {
+  std::vector<std::string> optim;
+  for (const auto& key : specopt::config_keys())
+    if (key.rfind("optim.", 0) == 0) optim.push_back(key);
+  EXPECT_EQ(optim, (std::vector<std::string>{
+                       "optim.variant", "optim.lr_matrix", "optim.lr_vector", "optim.weight_decay_matrix",
+                       "optim.weight_decay_vector", "optim.beta1", "optim.beta2", "optim.eps", "optim.momentum",
+                       "optim.nesterov", "optim.method", "optim.scale", "optim.split_rows",
+                       "optim.split_rows_by_shape", "optim.split_rows_blocks", "optim.spectral_tol",
+                       "optim.newton_lower", "optim.ns_steps", "optim.p_schedule"}));
+}
+
+// Every [optim] key set away from its default, through --set and back through
+// the written TOML, so a key missing from the table fails here.
+TEST(Config, EveryOptimKeyRoundTrips) {
+  const TrainConfig c = specopt::load_config(
+      "", {"optim.variant=mSGDQ", "optim.lr_matrix=0.02", "optim.lr_vector=0.004", "optim.weight_decay_matrix=0.1",
+           "optim.weight_decay_vector=0.2", "optim.beta1=0.8", "optim.beta2=0.99", "optim.eps=1e-6",
+           "optim.momentum=0.7", "optim.nesterov=true", "optim.method=Newton", "optim.scale=rms",
+           "optim.split_rows=a,b", "optim.split_rows_by_shape=true", "optim.split_rows_blocks=4",
+           "optim.spectral_tol=0.001", "optim.newton_lower=0.01", "optim.ns_steps=7",
+           "optim.p_schedule=linear:1->0"});
+  const std::string text = specopt::config_to_toml(c);
+  const TrainConfig back = specopt::config_from_toml_string(text, "round trip");
+  EXPECT_TRUE(specopt::config_differences(c, back).empty()) << text;
+  for (const TrainConfig* x : {&c, &back}) {
+    const specopt::OptimConfig& o = x->optim;
+    EXPECT_EQ(o.variant, "mSGDQ");
+    EXPECT_EQ(o.lr_matrix, 0.02);
+    EXPECT_EQ(o.lr_vector, 0.004);
+    EXPECT_EQ(o.weight_decay_matrix, 0.1);
+    EXPECT_EQ(o.weight_decay_vector, 0.2);
+    EXPECT_EQ(o.beta1, 0.8);
+    EXPECT_EQ(o.beta2, 0.99);
+    EXPECT_EQ(o.eps, 1e-6);
+    EXPECT_EQ(o.momentum, 0.7);
+    EXPECT_TRUE(o.nesterov);
+    EXPECT_EQ(o.method, specopt::Method::kNewton);
+    EXPECT_EQ(o.scale, specopt::ScaleMode::kRmsMatch);
+    EXPECT_EQ(o.split_rows_patterns, (std::vector<std::string>{"a", "b"}));
+    EXPECT_TRUE(o.split_rows_by_shape);
+    EXPECT_EQ(o.split_rows_blocks, 4);
+    EXPECT_EQ(o.spectral.tol(), 0.001);
+    EXPECT_EQ(o.spectral.newton_lower(), 0.01);
+    EXPECT_EQ(o.spectral.ns_steps(), 7);
+    EXPECT_EQ(o.p_schedule, "linear:1->0");
+  }
+  EXPECT_NE(text.find("method = 'newton'"), std::string::npos) << text;  // enums by their names
+}
+
+// docs/training.md's key table has a row for every config key.
+TEST(Config, DocsListEveryKey) {
+  const auto rows = specopt::testing::doc_section("training.md", "## Config keys", /*tables_only=*/true);
+  for (const auto& key : specopt::config_keys()) {
+    const bool listed = std::any_of(rows.begin(), rows.end(), [&](const std::string& row) {
+      return row.find("`" + key + "`") != std::string::npos;
+    });
+    EXPECT_TRUE(listed) << "docs/training.md has no row for '" << key << "'";
+  }
 }
 
 }  // namespace

@@ -17,7 +17,6 @@
 #include <c10/util/Exception.h>
 #include <torch/version.h>
 
-#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -46,84 +45,73 @@ void translate_c10_errors(std::exception_ptr ptr) {
   }
 }
 
-// One row per SpectralOptions field: its Python name, how to read it as a
-// Python object and how to set it from one.
-struct SpectralField {
-  const char* name;
-  const char* type;  // for error messages
-  std::function<py::object(const SpectralOptions&)> get;
-  std::function<void(SpectralOptions&, py::handle)> set;
-};
-
+// value (of spectral option `name`) as T; TypeError naming the option.
 template <typename T>
-T cast_option(const char* name, const char* type, py::handle value) {
+T cast_option(const std::string& name, const char* type, py::handle value) {
   // bool is an int in Python; refuse it where a number is meant (and vice versa).
   const bool is_bool = PyBool_Check(value.ptr());
-  if (std::is_same<T, bool>::value != is_bool) {
-    throw py::type_error(std::string("spectral option '") + name + "' must be " + type +
-                         ", got " + std::string(py::str(py::type::of(value).attr("__name__"))));
-  }
+  const auto wrong = [&] {
+    return py::type_error("spectral option '" + name + "' must be " + type + ", got " +
+                          std::string(py::str(py::type::of(value).attr("__name__"))));
+  };
+  if (std::is_same<T, bool>::value != is_bool) throw wrong();
   try {
     return value.cast<T>();
   } catch (const py::cast_error&) {
-    throw py::type_error(std::string("spectral option '") + name + "' must be " + type +
-                         ", got " + std::string(py::str(py::type::of(value).attr("__name__"))));
+    throw wrong();
   }
 }
 
-#define SPECOPT_NUMERIC_FIELD(field, T, type)                                              \
-  SpectralField {                                                                          \
-    #field, type, [](const SpectralOptions& o) { return py::cast(o.field()); },            \
-        [](SpectralOptions& o, py::handle v) { o.field(cast_option<T>(#field, type, v)); } \
+// The Python codec of the spectral option types: enums by name (a bad name is
+// a ValueError), compute_dtype as a torch.dtype or None, numbers as themselves.
+template <typename T>
+py::object spectral_value(const T& value) {
+  if constexpr (is_named_enum<T>::value) {
+    return py::cast(EnumNames<T>::name(value));
+  } else if constexpr (std::is_same<T, c10::optional<c10::ScalarType>>::value) {
+    if (!value) return py::none();
+    return py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(torch::getTHPDtype(*value)));
+  } else {
+    return py::cast(value);
   }
-
-const std::vector<SpectralField>& spectral_fields() {
-  static const std::vector<SpectralField> fields = {
-      {"method", "a method name",
-       [](const SpectralOptions& o) { return py::cast(method_name(o.method())); },
-       [](SpectralOptions& o, py::handle v) {
-         const auto name = cast_option<std::string>("method", "a method name", v);
-         o.method(as_value_error([&] { return parse_method(name); }));
-       }},
-      SPECOPT_NUMERIC_FIELD(tol, double, "a float"),
-      SPECOPT_NUMERIC_FIELD(iterations, int64_t, "an int"),
-      SPECOPT_NUMERIC_FIELD(newton_lower, double, "a float"),
-      SPECOPT_NUMERIC_FIELD(ns_steps, int64_t, "an int"),
-      {"ns_coefficients", "a coefficient set name",
-       [](const SpectralOptions& o) { return py::cast(ns_coefficients_name(o.ns_coefficients())); },
-       [](SpectralOptions& o, py::handle v) {
-         const auto name = cast_option<std::string>("ns_coefficients", "a coefficient set name", v);
-         o.ns_coefficients(as_value_error([&] { return parse_ns_coefficients(name); }));
-       }},
-      {"compute_dtype", "a torch.dtype or None",
-       [](const SpectralOptions& o) -> py::object {
-         if (!o.compute_dtype()) return py::none();
-         return py::reinterpret_borrow<py::object>(
-             reinterpret_cast<PyObject*>(torch::getTHPDtype(*o.compute_dtype())));
-       },
-       [](SpectralOptions& o, py::handle v) {
-         if (v.is_none()) {
-           o.compute_dtype(c10::nullopt);
-         } else if (THPDtype_Check(v.ptr())) {
-           o.compute_dtype(reinterpret_cast<THPDtype*>(v.ptr())->scalar_type);
-         } else {
-           throw py::type_error("spectral option 'compute_dtype' must be a torch.dtype or None, got " +
-                                std::string(py::str(py::type::of(v).attr("__name__"))));
-         }
-       }},
-      SPECOPT_NUMERIC_FIELD(neg_eps, double, "a float"),
-      SPECOPT_NUMERIC_FIELD(rank_tol, double, "a float"),
-      SPECOPT_NUMERIC_FIELD(check_finite, bool, "a bool"),
-  };
-  return fields;
 }
 
-#undef SPECOPT_NUMERIC_FIELD
+template <typename T>
+void set_spectral_value(const std::string& name, py::handle v, T& out) {
+  const char* type = python_type_name<T>();
+  if constexpr (is_named_enum<T>::value) {
+    const auto text = cast_option<std::string>(name, type, v);
+    out = as_value_error([&] { return EnumNames<T>::parse(text); });
+  } else if constexpr (std::is_same<T, c10::optional<c10::ScalarType>>::value) {
+    if (v.is_none()) {
+      out = c10::nullopt;
+    } else if (THPDtype_Check(v.ptr())) {
+      out = reinterpret_cast<THPDtype*>(v.ptr())->scalar_type;
+    } else {
+      throw py::type_error("spectral option '" + name + "' must be " + type + ", got " +
+                           std::string(py::str(py::type::of(v).attr("__name__"))));
+    }
+  } else {
+    out = cast_option<T>(name, type, v);
+  }
+}
 
 std::string spectral_field_names() {
   std::string names;
-  for (const auto& f : spectral_fields()) names += (names.empty() ? "" : ", ") + std::string(f.name);
+  const SpectralOptions defaults;
+  visit_spectral_fields(defaults, [&](const std::string& name, const auto&) {
+    names += (names.empty() ? "" : ", ") + name;
+  });
   return names;
+}
+
+// {name: value} of the settings (method left out) of `options`.
+py::dict spectral_settings_dict(const SpectralOptions& options) {
+  py::dict d;
+  visit_spectral_settings(options, [&](const std::string& name, const auto& value) {
+    d[py::str(name)] = spectral_value(value);
+  });
+  return d;
 }
 
 py::dict info_dict(const SpectralInfo& info) {
@@ -139,39 +127,29 @@ py::dict info_dict(const SpectralInfo& info) {
 }  // namespace
 
 SpectralOptions spectral_options_from(const py::dict& options, SpectralOptions base) {
-  for (const auto& item : options) {
-    const auto key = item.first.cast<std::string>();
-    bool found = false;
-    for (const auto& f : spectral_fields()) {
-      if (key == f.name) {
-        f.set(base, item.second);
-        found = true;
-        break;
-      }
-    }
-    if (!found) {
-      throw py::value_error("unknown spectral option '" + key + "' (valid: " + spectral_field_names() +
-                            ")");
-    }
-  }
+  read_fields(
+      base, options, [](auto& o, auto&& v) { visit_spectral_fields(o, v); },
+      [](const std::string& key, py::handle value, auto& field) { set_spectral_value(key, value, field); },
+      [](const std::string& key) {
+        return py::value_error("unknown spectral option '" + key + "' (valid: " + spectral_field_names() + ")");
+      });
   return base;
 }
 
 py::dict spectral_options_dict(const SpectralOptions& options) {
-  const SpectralOptions defaults;
+  const py::dict defaults = spectral_settings_dict({});
   py::dict d;
-  for (const auto& f : spectral_fields()) {
-    if (std::string(f.name) == "method") continue;
-    py::object value = f.get(options);
-    if (!value.equal(f.get(defaults))) d[f.name] = value;
-  }
+  for (const auto& item : spectral_settings_dict(options))
+    if (!item.second.equal(defaults[item.first])) d[item.first] = item.second;
   return d;
 }
 
 py::dict spectral_option_defaults() {
-  const SpectralOptions defaults;
   py::dict d;
-  for (const auto& f : spectral_fields()) d[f.name] = f.get(defaults);
+  const SpectralOptions defaults;
+  visit_spectral_fields(defaults, [&](const std::string& name, const auto& value) {
+    d[py::str(name)] = spectral_value(value);
+  });
   return d;
 }
 

@@ -3,8 +3,8 @@
 // reference for tests.
 //
 // A Python param group is a dict ({"lr": .., "p": .., "spectral": {..}, ...});
-// it becomes the C++ SpectralAdamWOptions / SpectralSGDOptions through one
-// converter (group_options), whose check() validates it. The validators
+// it becomes the C++ SpectralAdamWOptions / SpectralSGDOptions by their field
+// tables (option_fields.h: GroupReader / DictWriter), and check() validates it. The validators
 // (check(), parse_method, parse_scale_mode, parse_variant) judge options
 // only, so every c10::Error they raise is re-raised as ValueError: that list
 // is the binding's explicit "option error" table.
@@ -19,6 +19,7 @@
 
 #include "bindings.h"
 #include "specopt/core/make_optimizer.h"
+#include "specopt/core/option_fields.h"
 #include "specopt/core/spectral_adamw.h"
 #include "specopt/core/spectral_sgd.h"
 #include "specopt/core/update_rules.h"
@@ -46,77 +47,81 @@ T group_value(const py::dict& group, const char* key, const char* type) {
   }
 }
 
-// The fields both families share: lr, weight decay and the matrix transform.
-template <typename Options>
-void read_shared(Options& o, const py::dict& g) {
-  o.lr(group_value<double>(g, "lr", "a float"));
-  o.weight_decay(group_value<double>(g, "weight_decay", "a float"));
-  o.decay_vectors(group_value<bool>(g, "decay_vectors", "a bool"));
-  o.p(group_value<double>(g, "p", "a float"));
-  const auto method = group_value<std::string>(g, "method", "a method name");
-  o.method(as_value_error([&] { return parse_method(method); }));
-  const auto scale = group_value<std::string>(g, "scale", "a scale mode name");
-  o.scale(as_value_error([&] { return parse_scale_mode(scale); }));
-  o.row_blocks(group_value<int64_t>(g, "row_blocks", "an int"));
+// A group's "spectral": None or absent = the defaults; a dict of spectral
+// options without "method" (the group's own "method" is the one used).
+void read_group_spectral(const py::dict& g, SpectralOptions& out) {
   const py::handle spectral = g.contains("spectral") ? g["spectral"] : py::handle(py::none());
-  if (!spectral.is_none()) {
-    if (!py::isinstance<py::dict>(spectral)) {
-      throw py::type_error("param group option 'spectral' must be a dict of spectral options");
-    }
-    const auto options = spectral.cast<py::dict>();
-    if (options.contains("method")) {
-      throw py::value_error("param group 'spectral' options must not set 'method': set the group's "
-                            "'method' instead");
-    }
-    o.spectral(spectral_options_from(options));
+  if (spectral.is_none()) return;
+  if (!py::isinstance<py::dict>(spectral)) {
+    throw py::type_error("param group option 'spectral' must be a dict of spectral options");
   }
+  const auto options = spectral.cast<py::dict>();
+  if (options.contains("method")) {
+    throw py::value_error("param group 'spectral' options must not set 'method': set the group's "
+                          "'method' instead");
+  }
+  out = spectral_options_from(options);
 }
 
-template <typename Options>
-void write_shared(const Options& o, py::dict& d) {
-  d["lr"] = o.lr();
-  d["weight_decay"] = o.weight_decay();
-  d["decay_vectors"] = o.decay_vectors();
-  d["p"] = o.p();
-  d["method"] = method_name(o.method());
-  d["scale"] = scale_mode_name(o.scale());
-  d["row_blocks"] = o.row_blocks();
-  d["spectral"] = spectral_options_dict(o.spectral());  // {} = all at their defaults
-}
+// Sets each field of an option table (option_fields.h) from the group dict's
+// entry of that name: TypeError naming a wrongly typed one, ValueError a bad name.
+struct GroupReader {
+  const py::dict& g;
+  template <class T>
+  void operator()(const std::string& name, T& field) const {
+    if constexpr (std::is_same<T, SpectralOptions>::value) {
+      read_group_spectral(g, field);
+    } else if constexpr (is_named_enum<T>::value) {
+      const auto text = group_value<std::string>(g, name.c_str(), python_type_name<T>());
+      field = as_value_error([&] { return EnumNames<T>::parse(text); });
+    } else {
+      field = group_value<T>(g, name.c_str(), python_type_name<T>());
+    }
+  }
+};
+
+// Writes each field as a dict entry of that name: enums by name, the betas as a
+// tuple, spectral options as {name: value} of those that differ from the defaults.
+struct DictWriter {
+  py::dict& d;
+  template <class T>
+  void operator()(const std::string& name, const T& field) const {
+    if constexpr (std::is_same<T, SpectralOptions>::value) {
+      d[py::str(name)] = spectral_options_dict(field);
+    } else if constexpr (is_named_enum<T>::value) {
+      d[py::str(name)] = EnumNames<T>::name(field);
+    } else if constexpr (std::is_same<T, std::tuple<double, double>>::value) {
+      d[py::str(name)] = py::make_tuple(std::get<0>(field), std::get<1>(field));
+    } else {
+      d[py::str(name)] = field;
+    }
+  }
+};
 
 py::dict adamw_group(const SpectralAdamWOptions& o) {
   py::dict d;
-  write_shared(o, d);
-  d["betas"] = py::make_tuple(std::get<0>(o.betas()), std::get<1>(o.betas()));
-  d["eps"] = o.eps();
+  visit_adamw_fields(o, DictWriter{d});
   d["update"] = "adamw";
   return d;
 }
 
 py::dict sgd_group(const SpectralSGDOptions& o) {
   py::dict d;
-  write_shared(o, d);
-  d["momentum"] = o.momentum();
-  d["nesterov"] = o.nesterov();
+  visit_sgd_fields(o, DictWriter{d});
   d["update"] = "sgd";
   return d;
 }
 
 SpectralAdamWOptions adamw_options(const py::dict& g) {
   SpectralAdamWOptions o;
-  read_shared(o, g);
-  const auto betas = group_value<std::tuple<double, double>>(g, "betas", "a pair of floats");
-  o.betas(betas);
-  o.eps(group_value<double>(g, "eps", "a float"));
+  visit_adamw_fields(o, GroupReader{g});
   as_value_error([&] { o.check(); });
   return o;
 }
 
 SpectralSGDOptions sgd_options(const py::dict& g) {
-  SpectralSGDOptions o(group_value<double>(g, "lr", "a float"));
-  read_shared(o, g);
-  o.momentum(group_value<double>(g, "momentum", "a float"));
-  o.nesterov(group_value<bool>(g, "nesterov", "a bool"));
+  SpectralSGDOptions o(0.0);
+  visit_sgd_fields(o, GroupReader{g});
   as_value_error([&] { o.check(); });
   return o;
 }
@@ -143,48 +148,37 @@ std::vector<c10::optional<at::Tensor>> optionals_from(const std::vector<at::Tens
   return out;
 }
 
-// The make_optimizer spec from keyword arguments; keys and defaults are those of
-// the C++ OptimizerSpec.
+// One make_optimizer keyword argument as the spec field's type.
+template <class T>
+void read_spec_value(const std::string& key, py::handle v, T& out) {
+  if constexpr (std::is_same<T, double>::value) {
+    const auto wrong = [&](const std::string& got) {
+      return py::type_error("'" + key + "' must be " + python_type_name<T>() + got);
+    };
+    if (PyBool_Check(v.ptr())) throw wrong(", got bool");
+    try {
+      out = v.cast<double>();
+    } catch (const py::cast_error&) {
+      throw wrong("");
+    }
+  } else if constexpr (is_named_enum<T>::value) {
+    const auto name = v.cast<std::string>();
+    out = as_value_error([&] { return EnumNames<T>::parse(name); });
+  } else if constexpr (std::is_same<T, SpectralOptions>::value) {
+    out = spectral_options_from(v.cast<py::dict>());
+  } else {
+    out = v.cast<T>();
+  }
+}
+
+// The make_optimizer spec from keyword arguments; keys and defaults are the
+// C++ OptimizerSpec's field table (visit_spec_fields).
 OptimizerSpec spec_from(const py::dict& kw) {
   OptimizerSpec s;
-  py::dict spectral;
-  for (const auto& item : kw) {
-    const auto key = item.first.cast<std::string>();
-    const py::handle v = item.second;
-    auto num = [&](const char* type) {
-      if (PyBool_Check(v.ptr())) throw py::type_error("'" + key + "' must be " + type + ", got bool");
-      try {
-        return v.cast<double>();
-      } catch (const py::cast_error&) {
-        throw py::type_error("'" + key + "' must be " + type);
-      }
-    };
-    if (key == "variant") s.variant = v.cast<std::string>();
-    else if (key == "lr_matrix") s.lr_matrix = num("a float");
-    else if (key == "lr_vector") s.lr_vector = num("a float");
-    else if (key == "weight_decay_matrix") s.weight_decay_matrix = num("a float");
-    else if (key == "weight_decay_vector") s.weight_decay_vector = num("a float");
-    else if (key == "beta1") s.beta1 = num("a float");
-    else if (key == "beta2") s.beta2 = num("a float");
-    else if (key == "eps") s.eps = num("a float");
-    else if (key == "momentum") s.momentum = num("a float");
-    else if (key == "nesterov") s.nesterov = v.cast<bool>();
-    else if (key == "method") {
-      const auto name = v.cast<std::string>();
-      s.method = as_value_error([&] { return parse_method(name); });
-    } else if (key == "scale") {
-      const auto name = v.cast<std::string>();
-      s.scale = as_value_error([&] { return parse_scale_mode(name); });
-    } else if (key == "split_rows_patterns") s.split_rows_patterns = v.cast<std::vector<std::string>>();
-    else if (key == "split_rows_by_shape") s.split_rows_by_shape = v.cast<bool>();
-    else if (key == "split_rows_blocks") s.split_rows_blocks = v.cast<int64_t>();
-    else if (key == "on_nonfinite") {
-      const auto name = v.cast<std::string>();
-      s.on_nonfinite = as_value_error([&] { return parse_on_nonfinite(name); });
-    } else if (key == "exclude_from_spectral") s.exclude_from_spectral = v.cast<std::vector<std::string>>();
-    else if (key == "spectral") s.spectral = spectral_options_from(v.cast<py::dict>());
-    else throw py::value_error("make_optimizer: unknown option '" + key + "'");
-  }
+  read_fields(
+      s, kw, [](auto& o, auto&& v) { visit_spec_fields(o, v); },
+      [](const std::string& key, py::handle value, auto& field) { read_spec_value(key, value, field); },
+      [](const std::string& key) { return py::value_error("make_optimizer: unknown option '" + key + "'"); });
   return s;
 }
 
@@ -220,24 +214,7 @@ void bind_optim(py::module_& m) {
       [] {
         const OptimizerSpec s;
         py::dict d;
-        d["variant"] = s.variant;
-        d["lr_matrix"] = s.lr_matrix;
-        d["lr_vector"] = s.lr_vector;
-        d["weight_decay_matrix"] = s.weight_decay_matrix;
-        d["weight_decay_vector"] = s.weight_decay_vector;
-        d["beta1"] = s.beta1;
-        d["beta2"] = s.beta2;
-        d["eps"] = s.eps;
-        d["momentum"] = s.momentum;
-        d["nesterov"] = s.nesterov;
-        d["method"] = method_name(s.method);
-        d["scale"] = scale_mode_name(s.scale);
-        d["split_rows_patterns"] = s.split_rows_patterns;
-        d["split_rows_by_shape"] = s.split_rows_by_shape;
-        d["split_rows_blocks"] = s.split_rows_blocks;
-        d["exclude_from_spectral"] = s.exclude_from_spectral;
-        d["on_nonfinite"] = on_nonfinite_name(s.on_nonfinite);
-        d["spectral"] = py::dict();
+        visit_spec_fields(s, DictWriter{d});  // spectral: {} (all at their defaults)
         return d;
       },
       "make_optimizer's options and defaults, from the C++ OptimizerSpec.");
@@ -271,6 +248,24 @@ void bind_optim(py::module_& m) {
       py::arg("named_parameters"), py::arg("spec"),
       "(variant, param groups) of the C++ make_optimizer(named_parameters, spec): the study's\n"
       "matrix/vector split as Python param-group dicts (one 'update' kind per group).");
+  m.def(
+      "_group_round_trip",
+      [](const std::string& kind, const py::dict& group) {
+        if (kind == "adamw") return adamw_group(adamw_options(group));
+        TORCH_CHECK_VALUE(kind == "sgd", "kind must be 'adamw' or 'sgd', got '", kind, "'");
+        return sgd_group(sgd_options(group));
+      },
+      py::arg("kind"), py::arg("group"),
+      "Test of the field tables: the group dict read into the C++ options and written back.");
+  m.def(
+      "_spec_round_trip",
+      [](const py::dict& spec) {
+        const OptimizerSpec s = spec_from(spec);
+        py::dict d;
+        visit_spec_fields(s, DictWriter{d});
+        return d;
+      },
+      py::arg("spec"), "Test of the field tables: make_optimizer's options read into an OptimizerSpec and written back.");
   m.def(
       "check_adamw_group", [](const py::dict& group) { adamw_options(group); }, py::arg("group"),
       "Validate a SpectralAdamW param group (ValueError/TypeError naming the bad option).");

@@ -341,3 +341,32 @@ def test_row_blocks_must_divide_rows(cls, kw):
     with pytest.raises(RuntimeError, match="row_blocks"):
         opt.step()
     assert torch.equal(w.detach(), before) and not opt.state_dict()["state"]
+
+
+# ---- the C++ field tables drive the group dicts and make_optimizer's options ----------------
+
+SPECTRAL = dict(tol=3e-5, iterations=7, newton_lower=2e-3, ns_steps=9, ns_coefficients="polar_express",
+                compute_dtype=torch.float64, neg_eps=5e-4, rank_tol=1e-9, check_finite=False)
+
+
+@pytest.mark.parametrize("kind,group", [
+    ("adamw", dict(lr=2e-3, betas=(0.8, 0.9), eps=1e-7, weight_decay=0.05, decay_vectors=True, p=0.25,
+                   method="newton", scale="rms", row_blocks=3, spectral=SPECTRAL, update="adamw")),
+    ("sgd", dict(lr=0.02, momentum=0.8, nesterov=True, weight_decay=0.01, decay_vectors=True, p=0.5,
+                 method="eigh", scale="shape", row_blocks=2, spectral=SPECTRAL, update="sgd")),
+])
+def test_group_dict_round_trips_every_field(kind, group):
+    """Every option non-default: a field missing from the C++ table would come back at its default."""
+    assert _C._group_round_trip(kind, group) == group
+    defaults = _C.adamw_defaults() if kind == "adamw" else dict(_C.sgd_defaults(), lr=0.0)
+    assert set(defaults) == set(group)
+
+
+def test_make_optimizer_spec_round_trips_every_field():
+    spec = dict(variant="mSGDQ", lr_matrix=0.02, lr_vector=0.004, weight_decay_matrix=0.1,
+                weight_decay_vector=0.2, beta1=0.8, beta2=0.99, eps=1e-6, momentum=0.7, nesterov=True,
+                method="newton", scale="rms", split_rows_patterns=["a"], split_rows_by_shape=True,
+                split_rows_blocks=4, exclude_from_spectral=["w"], on_nonfinite="skip_step",
+                spectral=SPECTRAL)
+    assert _C._spec_round_trip(spec) == spec
+    assert set(_C.optimizer_spec_defaults()) == set(spec)

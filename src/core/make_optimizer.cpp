@@ -156,10 +156,10 @@ void SpectralOptimizer::load(torch::serialize::InputArchive& archive) {
   }
 }
 
-std::unique_ptr<SpectralOptimizer> make_optimizer(
-    const std::vector<std::pair<std::string, at::Tensor>>& named_parameters, const OptimizerSpec& spec) {
-  const Variant variant = parse_variant(spec.variant);
-  TORCH_CHECK(!named_parameters.empty(), "make_optimizer: no parameters");
+namespace {
+
+void check_spec(const OptimizerSpec& spec, size_t parameter_count) {
+  TORCH_CHECK(parameter_count > 0, "make_optimizer: no parameters");
   TORCH_CHECK(std::isfinite(spec.lr_matrix) && spec.lr_matrix >= 0, "make_optimizer: invalid lr_matrix: ",
               spec.lr_matrix);
   TORCH_CHECK(std::isfinite(spec.lr_vector) && spec.lr_vector >= 0, "make_optimizer: invalid lr_vector: ",
@@ -169,13 +169,19 @@ std::unique_ptr<SpectralOptimizer> make_optimizer(
   TORCH_CHECK(spec.weight_decay_vector >= 0, "make_optimizer: invalid weight_decay_vector: ",
               spec.weight_decay_vector);
   TORCH_CHECK(spec.split_rows_blocks >= 1, "make_optimizer: invalid split_rows_blocks: ", spec.split_rows_blocks);
+}
 
-  // Partition: plain matrices, row-split matrices, vectors.
-  struct Part {
-    std::vector<at::Tensor> params;
-    std::vector<std::string> names;
-  };
-  Part matrices, split, vectors;
+struct Part {
+  std::vector<at::Tensor> params;
+  std::vector<std::string> names;
+};
+struct Parts {
+  Part matrices, split, vectors;  // plain matrices, row-split matrices, vectors (and excluded matrices)
+};
+
+Parts partition(const std::vector<std::pair<std::string, at::Tensor>>& named_parameters,
+                const OptimizerSpec& spec) {
+  Parts parts;
   std::set<std::string> seen;
   for (const auto& [name, w] : named_parameters) {
     TORCH_CHECK(w.defined(), "make_optimizer: parameter '", name, "' is undefined");
@@ -186,78 +192,88 @@ std::unique_ptr<SpectralOptimizer> make_optimizer(
     const bool split_it = split_by_shape || matches_any(name, spec.split_rows_patterns);
     const bool excluded = std::find(spec.exclude_from_spectral.begin(), spec.exclude_from_spectral.end(), name) !=
                           spec.exclude_from_spectral.end();
-    Part& part = (w.dim() < 2 || excluded) ? vectors : (split_it ? split : matrices);
+    Part& part = (w.dim() < 2 || excluded) ? parts.vectors : (split_it ? parts.split : parts.matrices);
     part.params.push_back(w);
     part.names.push_back(name);
   }
-
   for (const auto& name : spec.exclude_from_spectral)
     TORCH_CHECK(seen.count(name), "make_optimizer: exclude_from_spectral names '", name,
                 "', which is not a parameter name");
+  return parts;
+}
 
-  const auto matrix_transform = [&](auto options, int64_t row_blocks) {
-    return options.p(variant.p).method(spec.method).scale(spec.scale).row_blocks(row_blocks).spectral(
-        spec.spectral);
-  };
-  const SpectralAdamWOptions vector_options = SpectralAdamWOptions(spec.lr_vector)
-                                                  .betas(std::make_tuple(spec.beta1, spec.beta2))
-                                                  .eps(spec.eps)
-                                                  .weight_decay(spec.weight_decay_vector)
-                                                  .decay_vectors(true)
-                                                  .p(1.0);
+// The study's Adam options (lr, betas, eps, weight decay) of one group.
+SpectralAdamWOptions adam_options(const OptimizerSpec& spec, double lr, double weight_decay) {
+  return SpectralAdamWOptions(lr).betas(std::make_tuple(spec.beta1, spec.beta2)).eps(spec.eps).weight_decay(
+      weight_decay);
+}
 
+// The matrix groups' Ψ_p: the variant's p, the spec's method, scale and spectral settings.
+template <class Options>
+Options with_transform(Options options, const OptimizerSpec& spec, double p) {
+  return options.transform(
+      MatrixTransformOptions().p(p).method(spec.method).scale(spec.scale).spectral(spec.spectral));
+}
+
+template <class Options>
+struct GroupPlan {
+  const Part* part;
+  Options options;
+  bool matrix;
+};
+
+// The optimizers being built and the SpectralOptimizer's records of their groups.
+struct Assembly {
   std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers;
   std::vector<SpectralOptimizer::Group> groups;
   std::vector<std::string> names;
-  // Builds one optimizer from (part, options, is-matrix) triples, skipping empty parts.
-  const auto build = [&](auto make, auto& parts) {
+
+  // One Optimizer over the plans' non-empty parts (none if all are empty).
+  template <class Optimizer, class Options>
+  void add(const Options& defaults, const std::vector<GroupPlan<Options>>& plans) {
     std::vector<OptimizerParamGroup> param_groups;
     std::vector<std::vector<std::string>> group_names;
-    for (auto& [part, options, matrix] : parts) {
-      if (part->params.empty()) continue;
-      param_groups.emplace_back(part->params, options->clone());
-      group_names.push_back(part->names);
-      groups.push_back({optimizers.size(), param_groups.size() - 1, matrix});
-      names.insert(names.end(), part->names.begin(), part->names.end());
+    for (const auto& plan : plans) {
+      if (plan.part->params.empty()) continue;
+      // clone() is public on the OptimizerOptions interface only.
+      param_groups.emplace_back(plan.part->params, static_cast<const OptimizerOptions&>(plan.options).clone());
+      group_names.push_back(plan.part->names);
+      groups.push_back({optimizers.size(), param_groups.size() - 1, plan.matrix});
+      names.insert(names.end(), plan.part->names.begin(), plan.part->names.end());
     }
     if (param_groups.empty()) return;
-    auto opt = make(std::move(param_groups));
+    auto opt = std::make_unique<Optimizer>(std::move(param_groups), defaults);
     for (size_t g = 0; g < group_names.size(); ++g) opt->set_parameter_names(g, group_names[g]);
     optimizers.push_back(std::move(opt));
-  };
-
-  if (variant.family == Family::kAdam) {
-    const auto m = matrix_transform(SpectralAdamWOptions(spec.lr_matrix)
-                                        .betas(std::make_tuple(spec.beta1, spec.beta2))
-                                        .eps(spec.eps)
-                                        .weight_decay(spec.weight_decay_matrix),
-                                    1);
-    const auto ms = SpectralAdamWOptions(m).row_blocks(spec.split_rows_blocks);
-    std::vector<std::tuple<Part*, const OptimizerOptions*, bool>> parts = {
-        {&matrices, &m, true}, {&split, &ms, true}, {&vectors, &vector_options, false}};
-    build([&](std::vector<OptimizerParamGroup> pg) { return std::make_unique<SpectralAdamW>(std::move(pg), m); },
-          parts);
-  } else {
-    const auto m = matrix_transform(SpectralSGDOptions(spec.lr_matrix)
-                                        .momentum(spec.momentum)
-                                        .nesterov(spec.nesterov)
-                                        .weight_decay(spec.weight_decay_matrix),
-                                    1);
-    const auto ms = SpectralSGDOptions(m).row_blocks(spec.split_rows_blocks);
-    std::vector<std::tuple<Part*, const OptimizerOptions*, bool>> matrix_parts = {{&matrices, &m, true},
-                                                                                 {&split, &ms, true}};
-    build([&](std::vector<OptimizerParamGroup> pg) { return std::make_unique<SpectralSGD>(std::move(pg), m); },
-          matrix_parts);
-    std::vector<std::tuple<Part*, const OptimizerOptions*, bool>> vector_parts = {
-        {&vectors, &vector_options, false}};
-    build(
-        [&](std::vector<OptimizerParamGroup> pg) {
-          return std::make_unique<SpectralAdamW>(std::move(pg), vector_options);
-        },
-        vector_parts);
   }
-  auto opt = std::make_unique<SpectralOptimizer>(variant, std::move(optimizers), std::move(groups),
-                                                 std::move(names));
+};
+
+}  // namespace
+
+std::unique_ptr<SpectralOptimizer> make_optimizer(
+    const std::vector<std::pair<std::string, at::Tensor>>& named_parameters, const OptimizerSpec& spec) {
+  const Variant variant = parse_variant(spec.variant);
+  check_spec(spec, named_parameters.size());
+  const Parts parts = partition(named_parameters, spec);
+  const auto vectors = adam_options(spec, spec.lr_vector, spec.weight_decay_vector).decay_vectors(true).p(1.0);
+  Assembly a;
+  if (variant.family == Family::kAdam) {
+    const auto m = with_transform(adam_options(spec, spec.lr_matrix, spec.weight_decay_matrix), spec, variant.p);
+    const auto split = SpectralAdamWOptions(m).row_blocks(spec.split_rows_blocks);
+    a.add<SpectralAdamW>(m, {{&parts.matrices, m, true}, {&parts.split, split, true},
+                             {&parts.vectors, vectors, false}});
+  } else {  // mSGD: SpectralSGD for the matrices, AdamW (p = 1) for the vectors, as the study did
+    const auto m = with_transform(SpectralSGDOptions(spec.lr_matrix)
+                                      .momentum(spec.momentum)
+                                      .nesterov(spec.nesterov)
+                                      .weight_decay(spec.weight_decay_matrix),
+                                  spec, variant.p);
+    const auto split = SpectralSGDOptions(m).row_blocks(spec.split_rows_blocks);
+    a.add<SpectralSGD>(m, {{&parts.matrices, m, true}, {&parts.split, split, true}});
+    a.add<SpectralAdamW>(vectors, {{&parts.vectors, vectors, false}});
+  }
+  auto opt = std::make_unique<SpectralOptimizer>(variant, std::move(a.optimizers), std::move(a.groups),
+                                                 std::move(a.names));
   opt->set_on_nonfinite(spec.on_nonfinite);
   return opt;
 }

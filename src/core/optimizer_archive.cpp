@@ -17,41 +17,13 @@ c10::IValue get(InputArchive& a, const std::string& key) {
 }
 
 void write_transform(OutputArchive& a, const MatrixTransformOptions& t) {
-  put(a, "p", t.p());
-  put(a, "method", method_name(t.method()));
-  put(a, "scale", scale_mode_name(t.scale()));
-  put(a, "row_blocks", t.row_blocks());
-  const SpectralOptions& s = t.spectral();
-  put(a, "spectral.tol", s.tol());
-  put(a, "spectral.iterations", s.iterations());
-  put(a, "spectral.newton_lower", s.newton_lower());
-  put(a, "spectral.ns_steps", s.ns_steps());
-  put(a, "spectral.ns_coefficients", ns_coefficients_name(s.ns_coefficients()));
-  put(a, "spectral.compute_dtype",
-      static_cast<int64_t>(s.compute_dtype() ? static_cast<int>(*s.compute_dtype()) : -1));
-  put(a, "spectral.neg_eps", s.neg_eps());
-  put(a, "spectral.rank_tol", s.rank_tol());
-  put(a, "spectral.check_finite", s.check_finite());
+  visit_transform_fields(t, ArchiveWriter{a, ""});
 }
 
 MatrixTransformOptions read_transform(InputArchive& a) {
-  SpectralOptions s;
-  s.tol(get(a, "spectral.tol").toDouble())
-      .iterations(get(a, "spectral.iterations").toInt())
-      .newton_lower(get(a, "spectral.newton_lower").toDouble())
-      .ns_steps(get(a, "spectral.ns_steps").toInt())
-      .ns_coefficients(parse_ns_coefficients(get(a, "spectral.ns_coefficients").toStringRef()))
-      .neg_eps(get(a, "spectral.neg_eps").toDouble())
-      .rank_tol(get(a, "spectral.rank_tol").toDouble())
-      .check_finite(get(a, "spectral.check_finite").toBool());
-  const int64_t dtype = get(a, "spectral.compute_dtype").toInt();
-  if (dtype >= 0) s.compute_dtype(static_cast<c10::ScalarType>(dtype));
-  return MatrixTransformOptions()
-      .p(get(a, "p").toDouble())
-      .method(parse_method(get(a, "method").toStringRef()))
-      .scale(parse_scale_mode(get(a, "scale").toStringRef()))
-      .row_blocks(get(a, "row_blocks").toInt())
-      .spectral(s);
+  MatrixTransformOptions t;
+  visit_transform_fields(t, ArchiveReader{a, ""});
+  return t;
 }
 
 void write_shape(OutputArchive& a, const std::string& key, at::IntArrayRef sizes) {

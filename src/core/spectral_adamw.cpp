@@ -17,42 +17,20 @@ using namespace detail;
 
 // ---- SpectralAdamW ------------------------------------------------------------
 
-SpectralAdamWOptions::SpectralAdamWOptions(double lr) : lr_(lr) {}
-
-MatrixTransformOptions SpectralAdamWOptions::transform() const { return transform_of(*this); }
+SpectralAdamWOptions::SpectralAdamWOptions(double lr) : SpectralGroupOptions(lr, 1e-2) {}
 
 void SpectralAdamWOptions::check() const {
-  TORCH_CHECK(std::isfinite(lr()) && lr() >= 0, "SpectralAdamW: invalid learning rate: ", lr());
+  check_lr("SpectralAdamW");
   TORCH_CHECK(std::isfinite(eps()) && eps() >= 0, "SpectralAdamW: invalid epsilon value: ", eps());
   const auto [beta1, beta2] = betas();
   TORCH_CHECK(beta1 >= 0 && beta1 < 1.0, "SpectralAdamW: invalid beta1 (must lie in [0, 1)): ", beta1);
   TORCH_CHECK(beta2 >= 0 && beta2 < 1.0, "SpectralAdamW: invalid beta2 (must lie in [0, 1)): ", beta2);
-  TORCH_CHECK(std::isfinite(weight_decay()) && weight_decay() >= 0,
-              "SpectralAdamW: invalid weight_decay value: ", weight_decay());
-  check_transform_options(transform());
+  check_group("SpectralAdamW");
 }
 
-void SpectralAdamWOptions::serialize(OutputArchive& a) const {
-  put(a, "lr", lr());
-  put(a, "beta1", std::get<0>(betas()));
-  put(a, "beta2", std::get<1>(betas()));
-  put(a, "eps", eps());
-  put(a, "weight_decay", weight_decay());
-  put(a, "decay_vectors", decay_vectors());
-  write_transform(a, transform());
-}
+void SpectralAdamWOptions::serialize(OutputArchive& a) const { visit_adamw_fields(*this, ArchiveWriter{a, ""}); }
 
-void SpectralAdamWOptions::serialize(InputArchive& a) {
-  lr(get(a, "lr").toDouble());
-  betas(std::make_tuple(get(a, "beta1").toDouble(), get(a, "beta2").toDouble()));
-  eps(get(a, "eps").toDouble());
-  weight_decay(get(a, "weight_decay").toDouble());
-  decay_vectors(get(a, "decay_vectors").toBool());
-  assign_transform(*this, read_transform(a));
-}
-
-double SpectralAdamWOptions::get_lr() const { return lr(); }
-void SpectralAdamWOptions::set_lr(const double lr) { this->lr(lr); }
+void SpectralAdamWOptions::serialize(InputArchive& a) { visit_adamw_fields(*this, ArchiveReader{a, ""}); }
 
 void SpectralAdamWParamState::serialize(OutputArchive& a) const {
   put(a, "step", step());

@@ -17,41 +17,20 @@ using namespace detail;
 
 // ---- SpectralSGD --------------------------------------------------------------
 
-SpectralSGDOptions::SpectralSGDOptions(double lr) : lr_(lr) {}
-
-MatrixTransformOptions SpectralSGDOptions::transform() const { return transform_of(*this); }
+SpectralSGDOptions::SpectralSGDOptions(double lr) : SpectralGroupOptions(lr, 0.0) {}
 
 void SpectralSGDOptions::check() const {
-  TORCH_CHECK(std::isfinite(lr()) && lr() >= 0, "SpectralSGD: invalid learning rate: ", lr());
+  check_lr("SpectralSGD");
   TORCH_CHECK(momentum() >= 0 && momentum() < 1.0, "SpectralSGD: invalid momentum (must lie in [0, 1)): ",
               momentum());
   TORCH_CHECK(!nesterov() || momentum() > 0, "SpectralSGD: Nesterov momentum needs momentum > 0, got ",
               momentum());
-  TORCH_CHECK(std::isfinite(weight_decay()) && weight_decay() >= 0,
-              "SpectralSGD: invalid weight_decay value: ", weight_decay());
-  check_transform_options(transform());
+  check_group("SpectralSGD");
 }
 
-void SpectralSGDOptions::serialize(OutputArchive& a) const {
-  put(a, "lr", lr());
-  put(a, "momentum", momentum());
-  put(a, "nesterov", nesterov());
-  put(a, "weight_decay", weight_decay());
-  put(a, "decay_vectors", decay_vectors());
-  write_transform(a, transform());
-}
+void SpectralSGDOptions::serialize(OutputArchive& a) const { visit_sgd_fields(*this, ArchiveWriter{a, ""}); }
 
-void SpectralSGDOptions::serialize(InputArchive& a) {
-  lr(get(a, "lr").toDouble());
-  momentum(get(a, "momentum").toDouble());
-  nesterov(get(a, "nesterov").toBool());
-  weight_decay(get(a, "weight_decay").toDouble());
-  decay_vectors(get(a, "decay_vectors").toBool());
-  assign_transform(*this, read_transform(a));
-}
-
-double SpectralSGDOptions::get_lr() const { return lr(); }
-void SpectralSGDOptions::set_lr(const double lr) { this->lr(lr); }
+void SpectralSGDOptions::serialize(InputArchive& a) { visit_sgd_fields(*this, ArchiveReader{a, ""}); }
 
 void SpectralSGDParamState::serialize(OutputArchive& a) const {
   a.write("momentum_buffer", momentum_buffer());

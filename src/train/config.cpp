@@ -2,6 +2,7 @@
 // overrides, key listing and comparison, so a new key is one line there.
 #include "specopt/train/config.h"
 
+#include "specopt/core/option_fields.h"
 #include "specopt/core/spectral.h"
 #include "specopt/train/schedule.h"
 #include "specopt/core/update_rules.h"
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <type_traits>
 
 namespace specopt {
 
@@ -39,6 +41,28 @@ constexpr int64_t kMaxSteps = 10000000000;  // 1e10: steps and step intervals
 constexpr int64_t kMaxBatch = 1 << 24;      // examples per step
 constexpr double kMaxFloat32 = 3.4028234663852886e38;    // FLT_MAX
 constexpr double kMinNormalFloat32 = 1.1754943508222875e-38;  // FLT_MIN
+
+// The [optim] keys: OptimizerSpec's field table (visit_spec_fields) as
+// "optim.<field>", except split_rows_patterns, written optim.split_rows, and
+// spectral, of which three settings are keys (optim.spectral_tol,
+// optim.newton_lower, optim.ns_steps); exclude_from_spectral and on_nonfinite
+// are not config keys (they keep the spec's defaults). Then the config-only p_schedule. The key order is
+// that of config.toml files written so far.
+template <class Optim, class Visitor>
+void visit_optim_fields(Optim& o, Visitor& v) {
+  visit_spec_fields(o, [&](const std::string& name, auto& field) {
+    using T = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same<T, SpectralOptions>::value) {
+      v("optim.spectral_tol", field.tol());
+      v("optim.newton_lower", field.newton_lower());
+      v("optim.ns_steps", field.ns_steps());
+    } else if constexpr (!std::is_same<T, OnNonFinite>::value) {
+      if (name == "exclude_from_spectral") return;
+      v(name == "split_rows_patterns" ? std::string("optim.split_rows") : "optim." + name, field);
+    }
+  });
+  v("optim.p_schedule", o.p_schedule);
+}
 
 // Calls v("table.key", member) for every field, in the order of config.h.
 // Templated on the config's constness so readers and writers share it.
@@ -68,25 +92,7 @@ void visit_fields(Config& c, Visitor&& v) {
   v("data.train_limit", c.data.train_limit);
   v("data.val_limit", c.data.val_limit);
 
-  v("optim.variant", c.optim.variant);
-  v("optim.lr_matrix", c.optim.lr_matrix);
-  v("optim.lr_vector", c.optim.lr_vector);
-  v("optim.weight_decay_matrix", c.optim.weight_decay_matrix);
-  v("optim.weight_decay_vector", c.optim.weight_decay_vector);
-  v("optim.beta1", c.optim.beta1);
-  v("optim.beta2", c.optim.beta2);
-  v("optim.eps", c.optim.eps);
-  v("optim.momentum", c.optim.momentum);
-  v("optim.nesterov", c.optim.nesterov);
-  v("optim.method", c.optim.method);
-  v("optim.scale", c.optim.scale);
-  v("optim.split_rows", c.optim.split_rows);
-  v("optim.split_rows_by_shape", c.optim.split_rows_by_shape);
-  v("optim.split_rows_blocks", c.optim.split_rows_blocks);
-  v("optim.spectral_tol", c.optim.spectral_tol);
-  v("optim.newton_lower", c.optim.newton_lower);
-  v("optim.ns_steps", c.optim.ns_steps);
-  v("optim.p_schedule", c.optim.p_schedule);
+  visit_optim_fields(c.optim, v);
 
   v("train.steps", c.train.steps);
   v("train.batch_size", c.train.batch_size);
@@ -102,11 +108,32 @@ void visit_fields(Config& c, Visitor&& v) {
   v("train.checkpoint_every", c.train.checkpoint_every);
 }
 
+// A named enum (optim.method, optim.scale) by its name; the parser's error
+// with the key in front.
+template <class E>
+std::enable_if_t<is_named_enum<E>::value> read_name(const std::string& name, E& out, const std::string& key) {
+  try {
+    out = EnumNames<E>::parse(name);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "config key '", key, "': ", e.what_without_backtrace());
+  }
+}
+template <class E>
+std::enable_if_t<is_named_enum<E>::value> read_node(const toml::node& n, E& out, const std::string& key) {
+  std::string name;
+  read_node(n, name, key);
+  read_name(name, out, key);
+}
+
 // ---- typed field → TOML node -------------------------------------------------
 
 template <class T>
 void insert_value(toml::table& table, const std::string& name, const T& value) {
-  table.insert_or_assign(name, value);
+  if constexpr (is_named_enum<T>::value) {
+    table.insert_or_assign(name, EnumNames<T>::name(value));
+  } else {
+    table.insert_or_assign(name, value);
+  }
 }
 template <class T>
 void insert_value(toml::table& table, const std::string& name, const std::vector<T>& values) {
@@ -117,12 +144,20 @@ void insert_value(toml::table& table, const std::string& name, const std::vector
 
 // ---- override parsing --------------------------------------------------------
 
+void read_text(const std::string& text, std::string& out, const std::string& key);
+
 template <class T>
 void read_text(const std::string& text, T& out, const std::string& key) {
-  auto doc = parse_value(text);
-  TORCH_CHECK(doc.has_value(), "bad value for config key '", key, "': '", text,
-              "' is not a valid value");
-  read_node(*doc->get("v"), out, key);
+  if constexpr (is_named_enum<T>::value) {  // a name, quoted or not, as a string key
+    std::string name;
+    read_text(text, name, key);
+    read_name(name, out, key);
+  } else {
+    auto doc = parse_value(text);
+    TORCH_CHECK(doc.has_value(), "bad value for config key '", key, "': '", text,
+                "' is not a valid value");
+    read_node(*doc->get("v"), out, key);
+  }
 }
 void read_text(const std::string& text, std::string& out, const std::string& /*key*/) {
   // A quoted TOML string, or else the raw text (so --set run.device=cuda works).
@@ -174,6 +209,11 @@ toml::table to_table(const TrainConfig& config) {
 }
 
 }  // namespace
+
+OptimConfig::OptimConfig() {
+  variant = "Adam";
+  split_rows_patterns = {"c_attn"};
+}
 
 std::vector<std::string> config_keys() {
   std::vector<std::string> keys;
@@ -354,8 +394,6 @@ void TrainConfig::validate() const {
               "\" do not fit: gpt trains on token data (kjv, text, bin), mlp/cnn on fashion_mnist");
 
   with_key("optim.variant", [&] { parse_variant(optim.variant); });
-  with_key("optim.method", [&] { parse_method(optim.method); });
-  with_key("optim.scale", [&] { parse_scale_mode(optim.scale); });
   with_key("optim.p_schedule", [&] { PSchedule::parse(optim.p_schedule); });
   float_range("optim.lr_matrix", optim.lr_matrix, 0.0);
   float_range("optim.lr_vector", optim.lr_vector, 0.0);
@@ -372,11 +410,11 @@ void TrainConfig::validate() const {
   TORCH_CHECK(optim.momentum >= 0 && optim.momentum < 1,
               "config key 'optim.momentum' must lie in [0, 1), got ", optim.momentum);
   in_range("optim.split_rows_blocks", optim.split_rows_blocks, 1, kMaxRowBlocks);
-  TORCH_CHECK(optim.spectral_tol > 0 && optim.spectral_tol <= 1, "config key 'optim.spectral_tol' must lie in (0, 1], got ",
-              optim.spectral_tol);
-  TORCH_CHECK(optim.newton_lower > 0 && optim.newton_lower <= 1,
-              "config key 'optim.newton_lower' must lie in (0, 1], got ", optim.newton_lower);
-  in_range("optim.ns_steps", optim.ns_steps, 1, kMaxNsSteps);
+  TORCH_CHECK(optim.spectral.tol() > 0 && optim.spectral.tol() <= 1,
+              "config key 'optim.spectral_tol' must lie in (0, 1], got ", optim.spectral.tol());
+  TORCH_CHECK(optim.spectral.newton_lower() > 0 && optim.spectral.newton_lower() <= 1,
+              "config key 'optim.newton_lower' must lie in (0, 1], got ", optim.spectral.newton_lower());
+  in_range("optim.ns_steps", optim.spectral.ns_steps(), 1, kMaxNsSteps);
 
   in_range("train.steps", train.steps, 1, kMaxSteps);
   in_range("train.batch_size", train.batch_size, 1, kMaxBatch);

@@ -109,28 +109,6 @@ BuiltModel build_model(const ModelConfig& model, int64_t vocab_size) {
   return {module, loss_fn, logits_fn};
 }
 
-// The make_optimizer() spec of the config's [optim] table.
-OptimizerSpec optimizer_spec(const OptimConfig& optim) {
-  OptimizerSpec spec;
-  spec.variant = optim.variant;
-  spec.lr_matrix = optim.lr_matrix;
-  spec.lr_vector = optim.lr_vector;
-  spec.weight_decay_matrix = optim.weight_decay_matrix;
-  spec.weight_decay_vector = optim.weight_decay_vector;
-  spec.beta1 = optim.beta1;
-  spec.beta2 = optim.beta2;
-  spec.eps = optim.eps;
-  spec.momentum = optim.momentum;
-  spec.nesterov = optim.nesterov;
-  spec.method = parse_method(optim.method);
-  spec.scale = parse_scale_mode(optim.scale);
-  spec.split_rows_patterns = optim.split_rows;
-  spec.split_rows_by_shape = optim.split_rows_by_shape;
-  spec.split_rows_blocks = optim.split_rows_blocks;
-  spec.spectral.tol(optim.spectral_tol).ns_steps(optim.ns_steps).newton_lower(optim.newton_lower);
-  return spec;
-}
-
 std::pair<TokenDataset, TokenDataset> load_token_splits(const DataConfig& data) {
   std::pair<TokenDataset, TokenDataset> tv;
   if (data.kind == "kjv") {
@@ -201,7 +179,7 @@ Trainer::Trainer(const TrainConfig& config, TrainHooks hooks) : impl_(std::make_
   m.module->to(m.device);
   m.params = m.module->parameters();
 
-  m.optimizer = make_optimizer(m.module->named_parameters(), optimizer_spec(c.optim));
+  m.optimizer = make_optimizer(m.module->named_parameters(), c.optim);  // [optim] is an OptimizerSpec
   m.p_schedule = PSchedule::parse(c.optim.p_schedule);
 
   m.totals.best_val_loss = kInf;

@@ -13,6 +13,7 @@
 //   loss.backward(); opt.step(); opt.zero_grad();
 #pragma once
 
+#include "specopt/core/group_options.h"
 #include "specopt/core/optimizer_base.h"
 #include "specopt/core/spectral.h"
 #include "specopt/core/update_rules.h"
@@ -25,30 +26,21 @@
 
 namespace specopt {
 
-struct SpectralAdamWOptions : public torch::optim::OptimizerCloneableOptions<SpectralAdamWOptions> {
+// Fields and chaining setters of its own, plus lr, weight_decay, decay_vectors and
+// the transform (p, method, scale, row_blocks, spectral) of SpectralGroupOptions
+// (weight_decay defaults to 1e-2, as in torch AdamW). The field table is visit_adamw_fields
+// (option_fields.h).
+struct SpectralAdamWOptions : public SpectralGroupOptions<SpectralAdamWOptions> {
   SpectralAdamWOptions(double lr = 1e-3);
-  TORCH_ARG(double, lr) = 1e-3;
   typedef std::tuple<double, double> betas_t;
   TORCH_ARG(betas_t, betas) = std::make_tuple(0.9, 0.999);
   TORCH_ARG(double, eps) = 1e-8;
-  TORCH_ARG(double, weight_decay) = 1e-2;
-  // Decoupled weight decay on vectors (dim < 2) too; off as in the study.
-  TORCH_ARG(bool, decay_vectors) = false;
-  // Ψ_p of the matrix updates (see update_rules.h).
-  TORCH_ARG(double, p) = 1.0;
-  TORCH_ARG(Method, method) = Method::kAuto;
-  TORCH_ARG(ScaleMode, scale) = ScaleMode::kAuto;
-  TORCH_ARG(int64_t, row_blocks) = 1;
-  TORCH_ARG(SpectralOptions, spectral) = {};
 
  public:
-  MatrixTransformOptions transform() const;
   // Throws c10::Error naming the bad value.
   void check() const;
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
-  double get_lr() const override;
-  void set_lr(const double lr) override;
 };
 
 struct SpectralAdamWParamState

@@ -9,6 +9,7 @@
 // between steps.
 #pragma once
 
+#include "specopt/core/group_options.h"
 #include "specopt/core/optimizer_base.h"
 #include "specopt/core/spectral.h"
 #include "specopt/core/update_rules.h"
@@ -20,29 +21,20 @@
 
 namespace specopt {
 
-struct SpectralSGDOptions : public torch::optim::OptimizerCloneableOptions<SpectralSGDOptions> {
-  SpectralSGDOptions(double lr);
-  TORCH_ARG(double, lr);
+// Fields and chaining setters of its own, plus lr, weight_decay, decay_vectors and
+// the transform (p, method, scale, row_blocks, spectral) of SpectralGroupOptions
+// (weight_decay defaults to 0). The field table is visit_sgd_fields
+// (option_fields.h).
+struct SpectralSGDOptions : public SpectralGroupOptions<SpectralSGDOptions> {
+  SpectralSGDOptions(double lr);  // no default lr, as torch::optim::SGD
   TORCH_ARG(double, momentum) = 0.9;
   TORCH_ARG(bool, nesterov) = false;
-  TORCH_ARG(double, weight_decay) = 0.0;
-  // Decoupled weight decay on vectors (dim < 2) too; off as in the study.
-  TORCH_ARG(bool, decay_vectors) = false;
-  // Ψ_p of the matrix updates (see update_rules.h).
-  TORCH_ARG(double, p) = 1.0;
-  TORCH_ARG(Method, method) = Method::kAuto;
-  TORCH_ARG(ScaleMode, scale) = ScaleMode::kAuto;
-  TORCH_ARG(int64_t, row_blocks) = 1;
-  TORCH_ARG(SpectralOptions, spectral) = {};
 
  public:
-  MatrixTransformOptions transform() const;
   // Throws c10::Error naming the bad value.
   void check() const;
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
-  double get_lr() const override;
-  void set_lr(const double lr) override;
 };
 
 struct SpectralSGDParamState

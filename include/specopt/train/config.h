@@ -17,6 +17,8 @@
 // The key table with defaults and meaning is in docs/training.md.
 #pragma once
 
+#include "specopt/core/optimizer_spec.h"
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -58,25 +60,17 @@ struct DataConfig {
   int64_t val_limit = 0;                 // use only the first N validation examples/tokens (0 = all)
 };
 
-struct OptimConfig {
-  std::string variant = "Adam";  // any parse_variant() string
-  double lr_matrix = 1e-3;
-  double lr_vector = 3e-4;
-  double weight_decay_matrix = 0.0;
-  double weight_decay_vector = 0.0;
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
-  double momentum = 0.9;  // mSGD family
-  bool nesterov = false;
-  std::string method = "auto";  // Ψ_p method (parse_method)
-  std::string scale = "auto";   // "auto" | "none" | "shape" | "rms"
-  std::vector<std::string> split_rows = {"c_attn"};  // parameter-name substrings split in row blocks
-  bool split_rows_by_shape = false;  // also split matrices with rows = split_rows_blocks × cols (the study's rule)
-  int64_t split_rows_blocks = 3;
-  double spectral_tol = 1e-4;  // SpectralOptions::tol
-  double newton_lower = 1e-3;  // SpectralOptions::newton_lower (method newton)
-  int64_t ns_steps = 5;        // SpectralOptions::ns_steps
+// The [optim] table: make_optimizer's OptimizerSpec (the trainer passes it as
+// is) with the config's defaults, plus the config-only p_schedule. Its TOML
+// keys (config.cpp's visit_fields) are the spec's field names except
+// optim.split_rows (split_rows_patterns) and optim.spectral_tol,
+// optim.newton_lower, optim.ns_steps (spectral.tol, .newton_lower, .ns_steps);
+// exclude_from_spectral, on_nonfinite and the other spectral settings keep the
+// spec's defaults.
+struct OptimConfig : OptimizerSpec {
+  // The config's defaults where they differ from OptimizerSpec's: variant
+  // "Adam" and split_rows ["c_attn"] (the GPT's packed QKV).
+  OptimConfig();
   // p as a function of the step (matrix group): "" = the variant's constant p;
   // "constant:P", "linear:A->B" or "cosine:A->B" (from A at step 0 to B at the last step).
   std::string p_schedule;
