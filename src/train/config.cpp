@@ -7,6 +7,8 @@
 #include "specopt/core/update_rules.h"
 #include "specopt/core/variants.h"
 
+#include "train/task.h"  // the model and data kinds
+
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <toml++/toml.h>
@@ -343,45 +345,50 @@ std::vector<std::string> config_differences(const TrainConfig& a, const TrainCon
 
 // ---- validation ------------------------------------------------------------
 
-void TrainConfig::validate() const {
-  auto one_of = [](const std::string& key, const std::string& value,
-                   std::initializer_list<const char*> allowed) {
-    std::string list;
-    for (const char* a : allowed) {
-      if (value == a) return;
-      list += (list.empty() ? "" : ", ") + std::string(a);
-    }
-    TORCH_CHECK(false, "config key '", key, "': unknown value '", value, "' (valid: ", list, ")");
-  };
-  auto non_negative = [](const std::string& key, auto v) {
-    TORCH_CHECK(v >= 0, "config key '", key, "' must be >= 0, got ", v);
-  };
-  // Sizes and counts: checked against a sane range before anything is
-  // allocated or looped over (the ranges are listed in docs/training.md).
-  auto in_range = [](const std::string& key, int64_t v, int64_t lo, int64_t hi) {
-    TORCH_CHECK(v >= lo && v <= hi, "config key '", key, "' must lie in [", lo, ", ", hi, "], got ", v);
-  };
-  // Real values must be finite in float32, the compute dtype of the models
-  // (a larger value cannot even be handed to the optimizer's float math).
-  auto float_range = [](const std::string& key, double v, double lo) {
-    TORCH_CHECK(std::isfinite(v) && v >= lo && v <= kMaxFloat32, "config key '", key, "' must lie in [",
-                lo, ", ", kMaxFloat32, "] (finite in float32), got ", v);
-  };
-  // Re-throw a domain parser's error with the key in front.
-  auto with_key = [](const std::string& key, auto&& parse) {
-    try {
-      parse();
-    } catch (const c10::Error& e) {
-      TORCH_CHECK(false, "config key '", key, "': ", e.what_without_backtrace());
-    }
-  };
+namespace {
 
+void one_of(const std::string& key, const std::string& value, const std::vector<std::string>& allowed) {
+  std::string list;
+  for (const auto& a : allowed) {
+    if (value == a) return;
+    list += (list.empty() ? "" : ", ") + a;
+  }
+  TORCH_CHECK(false, "config key '", key, "': unknown value '", value, "' (valid: ", list, ")");
+}
+template <class T>
+void non_negative(const std::string& key, T v) {
+  TORCH_CHECK(v >= 0, "config key '", key, "' must be >= 0, got ", v);
+}
+// Sizes and counts: checked against a sane range before anything is
+// allocated or looped over (the ranges are listed in docs/training.md).
+void in_range(const std::string& key, int64_t v, int64_t lo, int64_t hi) {
+  TORCH_CHECK(v >= lo && v <= hi, "config key '", key, "' must lie in [", lo, ", ", hi, "], got ", v);
+}
+// Real values must be finite in float32, the compute dtype of the models
+// (a larger value cannot even be handed to the optimizer's float math).
+void float_range(const std::string& key, double v, double lo) {
+  TORCH_CHECK(std::isfinite(v) && v >= lo && v <= kMaxFloat32, "config key '", key, "' must lie in [",
+              lo, ", ", kMaxFloat32, "] (finite in float32), got ", v);
+}
+// Re-throw a domain parser's error with the key in front.
+template <class Parse>
+void with_key(const std::string& key, Parse&& parse) {
+  try {
+    parse();
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "config key '", key, "': ", e.what_without_backtrace());
+  }
+}
+
+void validate_run(const RunConfig& run) {
   TORCH_CHECK(run.device == "cpu" || run.device == "cuda" || run.device.rfind("cuda:", 0) == 0,
               "config key 'run.device': unknown device '", run.device,
               "' (valid: cpu, cuda, cuda:N)");
   in_range("run.threads", run.threads, 0, kMaxThreads);
+}
 
-  one_of("model.kind", model.kind, {"gpt", "mlp", "cnn"});
+void validate_model(const ModelConfig& model) {
+  one_of("model.kind", model.kind, detail::model_kinds());
   in_range("model.n_layer", model.n_layer, 1, kMaxLayers);
   in_range("model.n_head", model.n_head, 1, kMaxHeads);
   in_range("model.n_embd", model.n_embd, 1, kMaxWidth);
@@ -397,8 +404,10 @@ void TrainConfig::validate() const {
   TORCH_CHECK(model.channels.size() == 2, "config key 'model.channels' must list 2 widths (conv1, conv2), got ",
               model.channels.size());
   in_range("model.fc_hidden", model.fc_hidden, 1, kMaxWidth);
+}
 
-  one_of("data.kind", data.kind, {"kjv", "text", "bin", "fashion_mnist"});
+void validate_data(const DataConfig& data) {
+  one_of("data.kind", data.kind, detail::data_kinds());
   TORCH_CHECK((data.kind != "text" && data.kind != "bin") || !data.path.empty(),
               "config key 'data.path' must name a ", data.kind == "text" ? "text file" : "directory",
               " when data.kind = \"", data.kind, "\"");
@@ -407,12 +416,15 @@ void TrainConfig::validate() const {
   in_range("data.vocab_size", data.vocab_size, 0, kMaxVocab);
   non_negative("data.train_limit", data.train_limit);
   non_negative("data.val_limit", data.val_limit);
-  const bool image_data = data.kind == "fashion_mnist";
-  const bool image_model = model.kind != "gpt";
-  TORCH_CHECK(image_data == image_model, "config keys 'model.kind' = \"", model.kind,
-              "\" and 'data.kind' = \"", data.kind,
-              "\" do not fit: gpt trains on token data (kjv, text, bin), mlp/cnn on fashion_mnist");
+}
 
+// The model must take what the data provides (task.h).
+void validate_task(const ModelConfig& model, const DataConfig& data) {
+  TORCH_CHECK(detail::model_inputs(model.kind) == detail::data_inputs(data.kind), "config keys 'model.kind' = \"",
+              model.kind, "\" and 'data.kind' = \"", data.kind, "\" do not fit: ", detail::describe_task_fits());
+}
+
+void validate_optim(const OptimConfig& optim) {
   with_key("optim.variant", [&] { parse_variant(optim.variant); });
   with_key("optim.method", [&] { parse_method(optim.method); });
   with_key("optim.scale", [&] { parse_scale_mode(optim.scale); });
@@ -437,7 +449,10 @@ void TrainConfig::validate() const {
   TORCH_CHECK(optim.newton_lower > 0 && optim.newton_lower <= 1,
               "config key 'optim.newton_lower' must lie in (0, 1], got ", optim.newton_lower);
   in_range("optim.ns_steps", optim.ns_steps, 1, kMaxNsSteps);
+}
 
+// [train], and train.min_lr against the [optim] lrs it decays to.
+void validate_train(const TrainLoopConfig& train, const OptimConfig& optim) {
   in_range("train.steps", train.steps, 1, kMaxSteps);
   in_range("train.batch_size", train.batch_size, 1, kMaxBatch);
   in_range("train.grad_accum", train.grad_accum, 1, kMaxBatch);
@@ -456,6 +471,18 @@ void TrainConfig::validate() const {
   in_range("train.eval_batches", train.eval_batches, 0, kMaxSteps);
   in_range("train.log_every", train.log_every, 1, kMaxSteps);
   in_range("train.checkpoint_every", train.checkpoint_every, 0, kMaxSteps);
+}
+
+}  // namespace
+
+// Table by table, in the order of config.h, so the first bad key is reported.
+void TrainConfig::validate() const {
+  validate_run(run);
+  validate_model(model);
+  validate_data(data);
+  validate_task(model, data);
+  validate_optim(optim);
+  validate_train(train, optim);
 }
 
 }  // namespace specopt
