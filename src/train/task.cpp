@@ -18,14 +18,9 @@ namespace {
 // ---- model kinds ----------------------------------------------------------------
 
 TaskModel build_gpt(const ModelConfig& model, int64_t vocab_size) {
-  GPTConfig g;  // the [model] keys of the gpt; the vocabulary is the data's
+  GPTConfig g;
+  static_cast<GPTShape&>(g) = model;  // the gpt's [model] keys; the vocabulary is the data's
   g.vocab_size = vocab_size;
-  g.block_size = model.block_size;
-  g.n_layer = model.n_layer;
-  g.n_head = model.n_head;
-  g.n_embd = model.n_embd;
-  g.qk_norm = model.qk_norm;
-  g.dropout = model.dropout;
   GPT gpt(g);
   TaskModel t;
   t.module = gpt.ptr();
