@@ -29,19 +29,19 @@ void set_generator_state(at::Generator gen, const at::Tensor& state) {
 
 // The entries of a loaded checkpoint; a missing one is an error naming the file.
 struct Entries {
-  torch::serialize::InputArchive& archive;
+  torch::serialize::InputArchive& in;
   const std::string& path;
 
-  c10::IValue operator()(const std::string& key) const {
+  c10::IValue value(const std::string& key) const {
     c10::IValue v;
-    TORCH_CHECK(archive.try_read(key, v), "checkpoint '", path, "' lacks the entry '", key, "'");
+    TORCH_CHECK(in.try_read(key, v), "checkpoint '", path, "' lacks the entry '", key, "'");
     return v;
   }
-  void read(const std::string& key, torch::serialize::InputArchive& out) const {
-    TORCH_CHECK(archive.try_read(key, out), "checkpoint '", path, "' lacks '", key, "'");
+  void archive(const std::string& key, torch::serialize::InputArchive& out) const {
+    TORCH_CHECK(in.try_read(key, out), "checkpoint '", path, "' lacks '", key, "'");
   }
-  void read_buffer(const std::string& key, at::Tensor& out) const {
-    TORCH_CHECK(archive.try_read(key, out, /*is_buffer=*/true), "checkpoint '", path, "' lacks '", key, "'");
+  void buffer(const std::string& key, at::Tensor& out) const {
+    TORCH_CHECK(in.try_read(key, out, /*is_buffer=*/true), "checkpoint '", path, "' lacks '", key, "'");
   }
 };
 
@@ -59,17 +59,17 @@ void visit_totals(Totals& t, Visitor&& v) {
   v("totals_wall_s", t.wall_s);
 }
 
-RunTotals read_totals(const Entries& read) {
+RunTotals read_totals(const Entries& entries) {
   RunTotals totals;
   visit_totals(totals, [&](const std::string& key, auto& field) {
-    c10::IValue v;
     if constexpr (std::is_same_v<std::decay_t<decltype(field)>, int64_t>) {
-      field = read(key).toInt();
+      field = entries.value(key).toInt();
     } else if (key == "totals_initial_train_loss") {
       // Absent from checkpoints written before the loss-factor divergence rule.
-      field = read.archive.try_read(key, v) ? v.toDouble() : kInf;
+      c10::IValue v;
+      field = entries.in.try_read(key, v) ? v.toDouble() : kInf;
     } else {
-      field = read(key).toDouble();
+      field = entries.value(key).toDouble();
     }
   });
   return totals;
@@ -80,16 +80,16 @@ void write_sampler_state(torch::serialize::OutputArchive& archive, const BatchSa
   for (const auto& [name, value] : sampler.named_state()) archive.write("data_" + name, c10::IValue(value));
 }
 // The state of `sampler`'s kind (its names, this checkpoint's values).
-SamplerState read_sampler_state(const Entries& read, const BatchSampler& sampler) {
+SamplerState read_sampler_state(const Entries& entries, const BatchSampler& sampler) {
   SamplerState state = sampler.named_state();
-  for (auto& entry : state) entry.second = read("data_" + entry.first).toInt();
+  for (auto& entry : state) entry.second = entries.value("data_" + entry.first).toInt();
   return state;
 }
 
 // The checkpoint's config must equal `config` but for the resumable keys.
-void check_same_config(const Entries& read, const TrainConfig& config) {
-  const std::string& path = read.path;
-  const TrainConfig saved = config_from_toml_string(read("config").toStringRef(), path + " (config)");
+void check_same_config(const Entries& entries, const TrainConfig& config) {
+  const std::string& path = entries.path;
+  const TrainConfig saved = config_from_toml_string(entries.value("config").toStringRef(), path + " (config)");
   std::string diff;
   for (const auto& key : config_differences(saved, config))
     if (!resumable_difference(key)) diff += (diff.empty() ? "" : ", ") + key;
@@ -136,24 +136,24 @@ void Trainer::load_checkpoint(const std::string& path) {
   // writer, a hand-edited file) must still give an error naming the file, not
   // TorchScript's own text alone.
   try {
-    const Entries read{archive, path};
-    check_same_config(read, m.config);
+    const Entries entries{archive, path};
+    check_same_config(entries, m.config);
     // Everything is read into temporaries first where possible, so a failure
     // leaves this trainer unchanged except for the model/optimizer loads below.
-    const int64_t step = read("step").toInt();
+    const int64_t step = entries.value("step").toInt();
     at::Tensor rng_cpu, rng_device;
-    read.read_buffer("rng_cpu", rng_cpu);
-    if (m.device.is_cuda()) read.read_buffer("rng_device", rng_device);
+    entries.buffer("rng_cpu", rng_cpu);
+    if (m.device.is_cuda()) entries.buffer("rng_device", rng_device);
     torch::serialize::InputArchive model_archive, optimizer_archive;
-    read.read("model", model_archive);
-    read.read("optimizer", optimizer_archive);
+    entries.archive("model", model_archive);
+    entries.archive("optimizer", optimizer_archive);
     m.model.module->load(model_archive);
     m.optimizer->load(optimizer_archive);
 
     set_generator_state(at::detail::getDefaultCPUGenerator(), rng_cpu);
     if (m.device.is_cuda()) set_generator_state(at::globalContext().defaultGenerator(m.device), rng_device);
-    m.data.sampler->set_named_state(read_sampler_state(read, *m.data.sampler));
-    m.totals = read_totals(read);
+    m.data.sampler->set_named_state(read_sampler_state(entries, *m.data.sampler));
+    m.totals = read_totals(entries);
     m.step = step;
   } catch (const c10::Error& e) {
     const std::string what = e.what_without_backtrace();
