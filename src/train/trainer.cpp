@@ -1,6 +1,6 @@
-// The trainer (trainer.h): building the model, data and optimizer from a
-// config, one optimizer step, validation. Checkpoints: trainer_checkpoint.cpp;
-// a whole run (train()): train.cpp.
+// The trainer (trainer.h): building the model and data (through the task
+// factory, task.h) and the optimizer from a config, one optimizer step,
+// validation. Checkpoints: trainer_checkpoint.cpp; a whole run (train()): train.cpp.
 #include "train/trainer_impl.h"
 
 #include "train/progress.h"
