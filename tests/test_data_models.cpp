@@ -651,6 +651,43 @@ TEST(Batches, EpochSamplerVisitsEverySampleOnceAndResumes) {
   EXPECT_THROW(dropping.set_state({5, 0, 8}), c10::Error);
 }
 
+// The trainer saves and restores either sampler through BatchSampler alone
+// (checkpoint entries data_<name>): the named state is the typed state.
+TEST(Batches, NamedStateIsTheTypedStateBehindOneInterface) {
+  auto tokens = TokenDataset::from_tokens(at::arange(5000, at::kLong) % 256, 256);
+  const uint64_t high_seed = 0xF000000000000007ULL;  // negative as int64: the bit pattern must survive
+  specopt::TokenBatchSampler t(tokens, 4, 16, high_seed);
+  for (int i = 0; i < 3; ++i) t.next();
+  const specopt::BatchSampler& token_sampler = t;
+  const specopt::SamplerState token_state = token_sampler.named_state();
+  ASSERT_EQ(token_state.size(), 2u);
+  EXPECT_EQ(token_state[0].first, "seed");
+  EXPECT_EQ(static_cast<uint64_t>(token_state[0].second), high_seed);
+  EXPECT_EQ(token_state[1], (std::pair<std::string, int64_t>{"step", 3}));
+  specopt::TokenBatchSampler t2(tokens, 4, 16, 0);
+  specopt::BatchSampler& resumed_tokens = t2;
+  resumed_tokens.set_named_state(token_state);
+  EXPECT_EQ(t2.state().seed, high_seed);
+  EXPECT_TRUE(at::equal(resumed_tokens.next().first, t.next().first));
+
+  auto images = indexed_images(10);
+  specopt::ImageBatchSampler im(images, 3, 5, /*drop_last=*/false);
+  for (int i = 0; i < 5; ++i) im.next();  // into epoch 1
+  const specopt::SamplerState image_state = static_cast<const specopt::BatchSampler&>(im).named_state();
+  const specopt::SamplerState expected = {{"seed", 5}, {"epoch", 1}, {"cursor", 3}};
+  EXPECT_EQ(image_state, expected);
+  specopt::ImageBatchSampler im2(images, 3, 0, false);
+  static_cast<specopt::BatchSampler&>(im2).set_named_state(image_state);
+  EXPECT_TRUE(at::equal(im2.next().second, im.next().second));
+
+  // Another kind's state, or a value the typed set_state refuses, is an error.
+  expect_error([&] { resumed_tokens.set_named_state(image_state); },
+               {"TokenBatchSampler", "(seed, epoch, cursor)", "(seed, step)"});
+  expect_error([&] { im2.set_named_state(token_state); }, {"ImageBatchSampler", "(seed, epoch, cursor)"});
+  EXPECT_THROW(im2.set_named_state({{"seed", 5}, {"epoch", 0}, {"cursor", 10}}), c10::Error);
+  EXPECT_THROW(t2.set_named_state({{"seed", 5}, {"step", -1}}), c10::Error);
+}
+
 TEST(Batches, ImageEvaluationBatchesInOrder) {
   auto data = indexed_images(10);
   ASSERT_EQ(data.num_batches(4), 3);

@@ -105,6 +105,74 @@ struct Communicator::Impl {
   }
 };
 
+namespace {
+
+// The TCPStore rendezvous of all ranks (rank 0 serves it and returns once
+// every rank connected), under the prefix "specopt".
+c10::intrusive_ptr<c10d::Store> rendezvous(const DistOptions& o) {
+  c10d::TCPStoreOptions store_options;
+  store_options.port = static_cast<std::uint16_t>(o.master_port());
+  store_options.isServer = o.rank() == 0;
+  store_options.numWorkers = static_cast<std::size_t>(o.world_size());
+  store_options.waitWorkers = true;  // rank 0 returns once all ranks connected
+  store_options.timeout = to_ms(o.timeout_s());
+  compat::portable_store_backend(store_options);
+  try {
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(o.master_addr(), store_options);
+    return c10::make_intrusive<c10d::PrefixStore>("specopt", tcp);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "rank ", o.rank(), " of ", o.world_size(),
+                ": rendezvous through the TCPStore at ", o.master_addr(), ":", o.master_port(),
+                " failed within ", o.timeout_s(), " s (a rank that never arrived, or a port in use): ",
+                e.what());
+  }
+}
+
+// The Gloo process group over `store`, on the interface GLOO_SOCKET_IFNAME
+// names, else 127.0.0.1 for a loopback master, else the host's default.
+c10::intrusive_ptr<compat::CollectiveBackend> gloo_backend(const c10::intrusive_ptr<c10d::Store>& store,
+                                                           const DistOptions& o) {
+#if SPECOPT_HAVE_GLOO
+  auto gloo_options = c10d::ProcessGroupGloo::Options::create(to_ms(o.timeout_s()));
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME")) {
+    gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+  } else if (is_loopback(o.master_addr())) {
+    gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+  } else {
+    gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+  }
+  gloo_options->threads = 2;
+  try {
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(store, static_cast<int>(o.rank()),
+                                                       static_cast<int>(o.world_size()), gloo_options);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "rank ", o.rank(), ": creating the Gloo process group failed within ",
+                o.timeout_s(), " s: ", e.what());
+  }
+#else
+  (void)store;
+  (void)o;
+  TORCH_CHECK(false, "backend 'gloo' requested but specopt was built without the Gloo headers "
+              "(install libgloo-dev and rebuild)");
+#endif
+}
+
+c10::intrusive_ptr<compat::CollectiveBackend> nccl_backend(const c10::intrusive_ptr<c10d::Store>& store,
+                                                           const DistOptions& o) {
+#ifdef USE_C10D_NCCL
+  auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+  nccl_options->timeout = to_ms(o.timeout_s());
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(store, static_cast<int>(o.rank()),
+                                                     static_cast<int>(o.world_size()), nccl_options);
+#else
+  (void)store;
+  TORCH_CHECK(false, "backend 'nccl' requested (device '", o.device(),
+              "') but LibTorch was built without NCCL (USE_C10D_NCCL)");
+#endif
+}
+
+}  // namespace
+
 Communicator::Communicator(const DistOptions& options)
     : options_(options), impl_(std::make_unique<Impl>()) {
   const auto& o = options_;
@@ -115,58 +183,14 @@ Communicator::Communicator(const DistOptions& options)
               " is not a TCP port");
   TORCH_CHECK(o.timeout_s() > 0, "distributed timeout must be positive, got ", o.timeout_s(), " s");
 
-  c10d::TCPStoreOptions store_options;
-  store_options.port = static_cast<std::uint16_t>(o.master_port());
-  store_options.isServer = o.rank() == 0;
-  store_options.numWorkers = static_cast<std::size_t>(o.world_size());
-  store_options.waitWorkers = true;  // rank 0 returns once all ranks connected
-  store_options.timeout = to_ms(o.timeout_s());
-  compat::portable_store_backend(store_options);
-  try {
-    auto tcp = c10::make_intrusive<c10d::TCPStore>(o.master_addr(), store_options);
-    impl_->store = c10::make_intrusive<c10d::PrefixStore>("specopt", tcp);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(false, "rank ", o.rank(), " of ", o.world_size(),
-                ": rendezvous through the TCPStore at ", o.master_addr(), ":", o.master_port(),
-                " failed within ", o.timeout_s(), " s (a rank that never arrived, or a port in use): ",
-                e.what());
-  }
-
+  impl_->store = rendezvous(o);
   std::string backend = o.backend();
   const bool cuda = o.device().rfind("cuda", 0) == 0;
   if (backend == "auto") backend = cuda ? "nccl" : "gloo";
   if (backend == "gloo") {
-#if SPECOPT_HAVE_GLOO
-    auto gloo_options = c10d::ProcessGroupGloo::Options::create(to_ms(o.timeout_s()));
-    if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME")) {
-      gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-    } else if (is_loopback(o.master_addr())) {
-      gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-    } else {
-      gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    }
-    gloo_options->threads = 2;
-    try {
-      impl_->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(
-          impl_->store, static_cast<int>(o.rank()), static_cast<int>(o.world_size()), gloo_options);
-    } catch (const std::exception& e) {
-      TORCH_CHECK(false, "rank ", o.rank(), ": creating the Gloo process group failed within ",
-                  o.timeout_s(), " s: ", e.what());
-    }
-#else
-    TORCH_CHECK(false, "backend 'gloo' requested but specopt was built without the Gloo headers "
-                "(install libgloo-dev and rebuild)");
-#endif
+    impl_->backend = gloo_backend(impl_->store, o);
   } else if (backend == "nccl") {
-#ifdef USE_C10D_NCCL
-    auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
-    nccl_options->timeout = to_ms(o.timeout_s());
-    impl_->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(
-        impl_->store, static_cast<int>(o.rank()), static_cast<int>(o.world_size()), nccl_options);
-#else
-    TORCH_CHECK(false, "backend 'nccl' requested (device '", o.device(),
-                "') but LibTorch was built without NCCL (USE_C10D_NCCL)");
-#endif
+    impl_->backend = nccl_backend(impl_->store, o);
   } else {
     TORCH_CHECK(false, "unknown distributed backend '", o.backend(), "' (use gloo, nccl or auto)");
   }

@@ -68,26 +68,30 @@ extern "C" void on_launch_signal(int sig) {
 }
 }  // namespace
 
-int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
+namespace {
+
+// The options of a launch; errors name the bad option.
+void check_launch_options(const std::vector<std::string>& args, const LaunchOptions& o) {
   TORCH_CHECK(o.nproc() >= 1, "--nproc must be >= 1, got ", o.nproc());
+  TORCH_CHECK(o.nproc() <= kMaxLocalRanks, "--nproc must be <= ", kMaxLocalRanks, ", got ", o.nproc());
   TORCH_CHECK(o.nnodes() >= 1, "--nnodes must be >= 1, got ", o.nnodes());
   TORCH_CHECK(o.node_rank() >= 0 && o.node_rank() < o.nnodes(), "--node-rank ", o.node_rank(),
               " is outside [0, nnodes=", o.nnodes(), ")");
   TORCH_CHECK(!args.empty(), "launcher: no command to run in the ranks");
   TORCH_CHECK(o.master_port() > 0 || o.nnodes() == 1,
               "--master-port must be given when running on several machines");
+}
+
+// Starts this node's ranks (pids in local-rank order). When one cannot be
+// started, those already started are stopped: they would wait for it at the
+// rendezvous.
+std::vector<pid_t> start_ranks(const std::vector<std::string>& args, const LaunchOptions& o) {
   const int64_t port = o.master_port() > 0 ? o.master_port() : free_loopback_port();
   const int64_t world = o.nproc() * o.nnodes();
   int64_t threads = o.threads_per_rank();
   if (threads <= 0) {
     threads = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / o.nproc());
   }
-
-  TORCH_CHECK(o.nproc() <= kMaxLocalRanks, "--nproc must be <= ", kMaxLocalRanks, ", got ", o.nproc());
-  for (auto& p : g_rank_pids) p = 0;
-  g_launch_stop = 0;
-  const detail::ScopedStopHandler stop_handler(o.handle_signals(), on_launch_signal);
-
   const std::string self = self_executable();
   std::vector<pid_t> pids;
   for (int64_t local = 0; local < o.nproc(); ++local) {
@@ -109,7 +113,6 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
     try {
       pid = start_child(child, "rank " + std::to_string(rank));
     } catch (...) {
-      // The ranks already started would wait for this one at the rendezvous.
       for (pid_t p : pids) ::kill(p, SIGTERM);
       for (pid_t p : pids) wait_child(p, "a rank");
       throw;
@@ -117,11 +120,12 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
     pids.push_back(pid);
     g_rank_pids[local] = pid;
   }
-  // A signal that arrived while forking did not reach the later ranks.
-  if (const int sig = g_launch_stop.load(); sig != 0)
-    for (pid_t p : pids) ::kill(p, sig);
+  return pids;
+}
 
-  // Wait; the first rank that fails takes the others down with it.
+// Waits for the ranks; the first that fails takes the others down with it
+// (SIGTERM, then SIGKILL after kill_grace_s). Returns the launch's exit status.
+int wait_ranks(std::vector<pid_t> pids, const LaunchOptions& o) {
   int result = 0;
   size_t running = pids.size();
   bool terminating = false;
@@ -167,6 +171,19 @@ int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
   return result;
 }
 
+}  // namespace
+
+int launch_local(const std::vector<std::string>& args, const LaunchOptions& o) {
+  check_launch_options(args, o);
+  for (auto& p : g_rank_pids) p = 0;
+  g_launch_stop = 0;
+  const detail::ScopedStopHandler stop_handler(o.handle_signals(), on_launch_signal);
+  std::vector<pid_t> pids = start_ranks(args, o);
+  // A signal that arrived while forking did not reach the later ranks.
+  if (const int sig = g_launch_stop.load(); sig != 0)
+    for (pid_t p : pids) ::kill(p, sig);
+  return wait_ranks(std::move(pids), o);
+}
 
 std::vector<std::string> own_arguments_without(const std::string& option) {
   std::ifstream in("/proc/self/cmdline", std::ios::binary);

@@ -328,4 +328,13 @@ void TokenBatchSampler::set_state(const TokenSamplerState& state) {
   state_ = state;
 }
 
+SamplerState TokenBatchSampler::named_state() const {
+  return {{"seed", static_cast<int64_t>(state_.seed)}, {"step", state_.step}};
+}
+
+void TokenBatchSampler::set_named_state(const SamplerState& state) {
+  const auto v = detail::named_state_values(state, {"seed", "step"}, "TokenBatchSampler");
+  set_state({static_cast<uint64_t>(v[0]), v[1]});
+}
+
 }  // namespace specopt

@@ -20,6 +20,24 @@ at::Generator sampler_generator(uint64_t seed, uint64_t k) {
   return at::detail::createCPUGenerator(splitmix64(seed ^ splitmix64(k)));
 }
 
+std::vector<int64_t> named_state_values(const SamplerState& state, const std::vector<std::string>& names,
+                                        const char* sampler) {
+  auto list = [](const std::vector<std::string>& n) {
+    std::string out;
+    for (const auto& name : n) out += (out.empty() ? "" : ", ") + name;
+    return out;
+  };
+  std::vector<std::string> given;
+  std::vector<int64_t> values;
+  for (const auto& entry : state) {
+    given.push_back(entry.first);
+    values.push_back(entry.second);
+  }
+  TORCH_CHECK(given == names, sampler, ": a state of (", list(given), ") where (", list(names),
+              ") is expected");
+  return values;
+}
+
 void check_exists(const std::string& path) {
   std::error_code ec;
   TORCH_CHECK(fs::exists(path, ec), "cannot read '", path, "': no such file");

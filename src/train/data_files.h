@@ -1,7 +1,9 @@
 // File access shared by the data readers (data.cpp: token streams, kjv.cpp,
 // images.cpp): read-only mappings, whole-file reads (gzip or not), and the
-// samplers' seeded generators. Private to the train layer.
+// samplers' seeded generators and named states. Private to the train layer.
 #pragma once
+
+#include "specopt/train/data.h"  // SamplerState
 
 #include <ATen/core/Generator.h>
 #include <c10/util/Exception.h>
@@ -66,6 +68,10 @@ struct MappedFile {
 
 // The seeded CPU generator of sampler draw number k.
 at::Generator sampler_generator(uint64_t seed, uint64_t k);
+// The values of a named sampler state (BatchSampler::set_named_state), whose
+// names must be `names` in this order, else an error naming `sampler`.
+std::vector<int64_t> named_state_values(const SamplerState& state, const std::vector<std::string>& names,
+                                        const char* sampler);
 // An error naming `path` when it does not exist or is a directory.
 void check_exists(const std::string& path);
 // Whole file, uncompressed.

@@ -191,4 +191,13 @@ void ImageBatchSampler::set_state(const EpochSamplerState& state) {
   permutation_epoch_ = -1;  // the seed may have changed
 }
 
+SamplerState ImageBatchSampler::named_state() const {
+  return {{"seed", static_cast<int64_t>(state_.seed)}, {"epoch", state_.epoch}, {"cursor", state_.cursor}};
+}
+
+void ImageBatchSampler::set_named_state(const SamplerState& state) {
+  const auto v = detail::named_state_values(state, {"seed", "epoch", "cursor"}, "ImageBatchSampler");
+  set_state({static_cast<uint64_t>(v[0]), v[1], v[2]});
+}
+
 }  // namespace specopt

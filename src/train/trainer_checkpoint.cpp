@@ -9,6 +9,7 @@
 #include <torch/serialize/output-archive.h>
 
 #include <mutex>
+#include <type_traits>
 
 namespace specopt {
 
@@ -25,6 +26,77 @@ void set_generator_state(at::Generator gen, const at::Tensor& state) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   gen.set_state(state.cpu());
 }
+
+// The entries of a loaded checkpoint; a missing one is an error naming the file.
+struct Entries {
+  torch::serialize::InputArchive& in;
+  const std::string& path;
+
+  c10::IValue value(const std::string& key) const {
+    c10::IValue v;
+    TORCH_CHECK(in.try_read(key, v), "checkpoint '", path, "' lacks the entry '", key, "'");
+    return v;
+  }
+  void archive(const std::string& key, torch::serialize::InputArchive& out) const {
+    TORCH_CHECK(in.try_read(key, out), "checkpoint '", path, "' lacks '", key, "'");
+  }
+  void buffer(const std::string& key, at::Tensor& out) const {
+    TORCH_CHECK(in.try_read(key, out, /*is_buffer=*/true), "checkpoint '", path, "' lacks '", key, "'");
+  }
+};
+
+// Calls v("totals_NAME", field) for every field of RunTotals, in the order of trainer.h.
+template <class Totals, class Visitor>
+void visit_totals(Totals& t, Visitor&& v) {
+  v("totals_best_val_loss", t.best_val_loss);
+  v("totals_last_val_loss", t.last_val_loss);
+  v("totals_last_train_loss", t.last_train_loss);
+  v("totals_initial_train_loss", t.initial_train_loss);
+  v("totals_items", t.items);
+  v("totals_train_s", t.train_s);
+  v("totals_optimizer_s", t.optimizer_s);
+  v("totals_transform_s", t.transform_s);
+  v("totals_wall_s", t.wall_s);
+}
+
+RunTotals read_totals(const Entries& entries) {
+  RunTotals totals;
+  visit_totals(totals, [&](const std::string& key, auto& field) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(field)>, int64_t>) {
+      field = entries.value(key).toInt();
+    } else if (key == "totals_initial_train_loss") {
+      // Absent from checkpoints written before the loss-factor divergence rule.
+      c10::IValue v;
+      field = entries.in.try_read(key, v) ? v.toDouble() : kInf;
+    } else {
+      field = entries.value(key).toDouble();
+    }
+  });
+  return totals;
+}
+
+// The sampler state as entries "data_NAME" (data.h: SamplerState).
+void write_sampler_state(torch::serialize::OutputArchive& archive, const BatchSampler& sampler) {
+  for (const auto& [name, value] : sampler.named_state()) archive.write("data_" + name, c10::IValue(value));
+}
+// The state of `sampler`'s kind (its names, this checkpoint's values).
+SamplerState read_sampler_state(const Entries& entries, const BatchSampler& sampler) {
+  SamplerState state = sampler.named_state();
+  for (auto& entry : state) entry.second = entries.value("data_" + entry.first).toInt();
+  return state;
+}
+
+// The checkpoint's config must equal `config` but for the resumable keys.
+void check_same_config(const Entries& entries, const TrainConfig& config) {
+  const std::string& path = entries.path;
+  const TrainConfig saved = config_from_toml_string(entries.value("config").toStringRef(), path + " (config)");
+  std::string diff;
+  for (const auto& key : config_differences(saved, config))
+    if (!resumable_difference(key)) diff += (diff.empty() ? "" : ", ") + key;
+  TORCH_CHECK(diff.empty(), "checkpoint '", path, "' was written with another config; these keys differ: ",
+              diff, " (only run.threads, run.run_dir, train.log_every, train.eval_every and "
+              "train.checkpoint_every may change on resume)");
+}
 }  // namespace
 
 void Trainer::save_checkpoint(const std::string& path) const {
@@ -37,40 +109,22 @@ void Trainer::save_checkpoint(const std::string& path) const {
   archive.write("step", c10::IValue(m.step));
 
   torch::serialize::OutputArchive model_archive(archive.compilation_unit());
-  m.module->save(model_archive);
+  m.model.module->save(model_archive);
   archive.write("model", model_archive);
   torch::serialize::OutputArchive optimizer_archive(archive.compilation_unit());
   m.optimizer->save(optimizer_archive);
   archive.write("optimizer", optimizer_archive);
 
   // Random state: the global CPU generator (dropout; init is already done),
-  // the device generator, and the data samplers' positions.
+  // the device generator, and the data sampler's position.
   archive.write("rng_cpu", cpu_generator_state(), /*is_buffer=*/true);
   if (m.device.is_cuda()) {
     auto gen = at::globalContext().defaultGenerator(m.device);
     std::lock_guard<std::mutex> lock(gen.mutex());
     archive.write("rng_device", gen.get_state(), /*is_buffer=*/true);
   }
-  if (m.token_sampler) {
-    const auto& st = m.token_sampler->state();
-    archive.write("data_seed", c10::IValue(static_cast<int64_t>(st.seed)));
-    archive.write("data_step", c10::IValue(st.step));
-  } else {
-    const auto& st = m.image_sampler->state();
-    archive.write("data_seed", c10::IValue(static_cast<int64_t>(st.seed)));
-    archive.write("data_epoch", c10::IValue(st.epoch));
-    archive.write("data_cursor", c10::IValue(st.cursor));
-  }
-
-  archive.write("totals_best_val_loss", c10::IValue(m.totals.best_val_loss));
-  archive.write("totals_last_val_loss", c10::IValue(m.totals.last_val_loss));
-  archive.write("totals_last_train_loss", c10::IValue(m.totals.last_train_loss));
-  archive.write("totals_initial_train_loss", c10::IValue(m.totals.initial_train_loss));
-  archive.write("totals_items", c10::IValue(m.totals.items));
-  archive.write("totals_train_s", c10::IValue(m.totals.train_s));
-  archive.write("totals_optimizer_s", c10::IValue(m.totals.optimizer_s));
-  archive.write("totals_transform_s", c10::IValue(m.totals.transform_s));
-  archive.write("totals_wall_s", c10::IValue(m.totals.wall_s));
+  write_sampler_state(archive, *m.data.sampler);
+  visit_totals(m.totals, [&](const std::string& key, const auto& field) { archive.write(key, c10::IValue(field)); });
   write_checkpoint(path, archive);
 }
 
@@ -82,64 +136,25 @@ void Trainer::load_checkpoint(const std::string& path) {
   // writer, a hand-edited file) must still give an error naming the file, not
   // TorchScript's own text alone.
   try {
-  auto read = [&](const char* key) {
-    c10::IValue v;
-    TORCH_CHECK(archive.try_read(key, v), "checkpoint '", path, "' lacks the entry '", key, "'");
-    return v;
-  };
+    const Entries entries{archive, path};
+    check_same_config(entries, m.config);
+    // Everything is read into temporaries first where possible, so a failure
+    // leaves this trainer unchanged except for the model/optimizer loads below.
+    const int64_t step = entries.value("step").toInt();
+    at::Tensor rng_cpu, rng_device;
+    entries.buffer("rng_cpu", rng_cpu);
+    if (m.device.is_cuda()) entries.buffer("rng_device", rng_device);
+    torch::serialize::InputArchive model_archive, optimizer_archive;
+    entries.archive("model", model_archive);
+    entries.archive("optimizer", optimizer_archive);
+    m.model.module->load(model_archive);
+    m.optimizer->load(optimizer_archive);
 
-  const TrainConfig saved = config_from_toml_string(read("config").toStringRef(), path + " (config)");
-  std::string diff;
-  for (const auto& key : config_differences(saved, m.config))
-    if (!resumable_difference(key)) diff += (diff.empty() ? "" : ", ") + key;
-  TORCH_CHECK(diff.empty(), "checkpoint '", path, "' was written with another config; these keys differ: ",
-              diff, " (only run.threads, run.run_dir, train.log_every, train.eval_every and "
-              "train.checkpoint_every may change on resume)");
-
-  // Everything is read into temporaries first where possible, so a failure
-  // leaves this trainer unchanged except for the model/optimizer loads below.
-  const int64_t step = read("step").toInt();
-  at::Tensor rng_cpu, rng_device;
-  TORCH_CHECK(archive.try_read("rng_cpu", rng_cpu, true), "checkpoint '", path, "' lacks 'rng_cpu'");
-  if (m.device.is_cuda())
-    TORCH_CHECK(archive.try_read("rng_device", rng_device, true), "checkpoint '", path,
-                "' lacks 'rng_device'");
-
-  torch::serialize::InputArchive model_archive, optimizer_archive;
-  TORCH_CHECK(archive.try_read("model", model_archive), "checkpoint '", path, "' lacks 'model'");
-  TORCH_CHECK(archive.try_read("optimizer", optimizer_archive), "checkpoint '", path,
-              "' lacks 'optimizer'");
-  m.module->load(model_archive);
-  m.optimizer->load(optimizer_archive);
-
-  set_generator_state(at::detail::getDefaultCPUGenerator(), rng_cpu);
-  if (m.device.is_cuda()) set_generator_state(at::globalContext().defaultGenerator(m.device), rng_device);
-  if (m.token_sampler) {
-    TokenSamplerState st;
-    st.seed = static_cast<uint64_t>(read("data_seed").toInt());
-    st.step = read("data_step").toInt();
-    m.token_sampler->set_state(st);
-  } else {
-    EpochSamplerState st;
-    st.seed = static_cast<uint64_t>(read("data_seed").toInt());
-    st.epoch = read("data_epoch").toInt();
-    st.cursor = read("data_cursor").toInt();
-    m.image_sampler->set_state(st);
-  }
-  m.totals.best_val_loss = read("totals_best_val_loss").toDouble();
-  m.totals.last_val_loss = read("totals_last_val_loss").toDouble();
-  m.totals.last_train_loss = read("totals_last_train_loss").toDouble();
-  {
-    // Absent from checkpoints written before the loss-factor divergence rule.
-    c10::IValue v;
-    m.totals.initial_train_loss = archive.try_read("totals_initial_train_loss", v) ? v.toDouble() : kInf;
-  }
-  m.totals.items = read("totals_items").toInt();
-  m.totals.train_s = read("totals_train_s").toDouble();
-  m.totals.optimizer_s = read("totals_optimizer_s").toDouble();
-  m.totals.transform_s = read("totals_transform_s").toDouble();
-  m.totals.wall_s = read("totals_wall_s").toDouble();
-  m.step = step;
+    set_generator_state(at::detail::getDefaultCPUGenerator(), rng_cpu);
+    if (m.device.is_cuda()) set_generator_state(at::globalContext().defaultGenerator(m.device), rng_device);
+    m.data.sampler->set_named_state(read_sampler_state(entries, *m.data.sampler));
+    m.totals = read_totals(entries);
+    m.step = step;
   } catch (const c10::Error& e) {
     const std::string what = e.what_without_backtrace();
     if (what.find(path) != std::string::npos) throw;

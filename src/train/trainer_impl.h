@@ -5,12 +5,11 @@
 #include "specopt/train/data.h"
 #include "specopt/train/schedule.h"
 #include "specopt/train/trainer.h"
+#include "train/task.h"
 
 #include <c10/util/Exception.h>
 #include <torch/cuda.h>
 
-#include <functional>
-#include <limits>
 #include <limits>
 #include <memory>
 #include <string>
@@ -25,9 +24,6 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // The keys that may differ between a checkpoint and the resuming config: they
 // change where and how often things are written, not what is computed.
 bool resumable_difference(const std::string& key);
-
-// (inputs, targets) → the mean loss of the batch.
-using LossFn = std::function<at::Tensor(const at::Tensor&, const at::Tensor&)>;
 }  // namespace detail
 
 struct Trainer::Impl {
@@ -35,20 +31,10 @@ struct Trainer::Impl {
   TrainHooks hooks;
   torch::Device device{torch::kCPU};
 
-  std::shared_ptr<torch::nn::Module> module;
-  detail::LossFn loss_fn;
-  // Image classifiers: the logits (loss_fn is their cross-entropy); unset for the gpt.
-  std::function<at::Tensor(const at::Tensor&)> logits_fn;
+  detail::TaskModel model;  // of model.kind: module, loss, validation (task.h)
+  detail::TaskData data;    // of data.kind: sampler, validation batches, unit (task.h)
   double last_val_accuracy = std::numeric_limits<double>::quiet_NaN();  // of the last evaluate()
   std::vector<at::Tensor> params;
-
-  // Exactly one of the two data kinds is set.
-  std::unique_ptr<TokenBatchSampler> token_sampler;
-  TokenDataset token_val;
-  std::unique_ptr<ImageBatchSampler> image_sampler;
-  ImageDataset image_val;
-  int64_t items_per_example = 1;  // tokens per sequence, or 1 per image
-  std::string unit;
 
   std::unique_ptr<SpectralOptimizer> optimizer;
   PSchedule p_schedule;
@@ -66,23 +52,26 @@ struct Trainer::Impl {
     }
   }
 
-  std::pair<at::Tensor, at::Tensor> next_train_batch() {
-    return token_sampler ? token_sampler->next() : image_sampler->next();
-  }
+  // The parts of Trainer::step() (trainer.cpp), in their order.
+  // The scheduled lr and p of this step, set on the optimizer.
+  void set_schedules(StepStats& s);
+  // Forward and backward over this rank's rows; s.loss is the mean over all ranks.
+  void forward_backward(StepStats& s);
+  // The parameters with a gradient, after TrainHooks::after_backward and
+  // clipping; s.grad_norm is the norm before clipping.
+  std::vector<at::Tensor> reduce_and_clip(StepStats& s);
+  // The optimizer step, timed; a divergence reason, or "" when it stepped.
+  std::string optimizer_step(const std::vector<at::Tensor>& with_grad, StepStats& s);
+  // Adds a counted step to the totals; the loss-factor divergence rule.
+  void count_step(StepStats& s);
 
   // Validation batches of batch_size / grad_accum examples (before
   // train.eval_batches); an error naming the data if there is not one.
   int64_t validation_batches() const {
-    const auto& c = config;
-    const int64_t micro = c.train.batch_size / c.train.grad_accum;
-    const int64_t n = token_sampler ? token_val.num_sequential_batches(micro, c.model.block_size)
-                                    : image_val.num_batches(micro);
-    TORCH_CHECK(n > 0, "the validation set ",
-                token_sampler ? "'" + token_val.name() + "' (" + std::to_string(token_val.size()) + " tokens)"
-                              : "of '" + (c.data.path.empty() ? std::string("fashion_mnist()") : c.data.path) + "'",
-                " is too small for one batch of ", micro, " examples",
-                token_sampler ? " of block_size " + std::to_string(c.model.block_size) + " tokens" : "",
-                " (data.val_limit = ", c.data.val_limit, ")");
+    const int64_t micro = config.train.batch_size / config.train.grad_accum;
+    const int64_t n = data.num_val_batches(micro);
+    TORCH_CHECK(n > 0, "the validation set ", data.val_name, " is too small for one batch of ", micro,
+                " examples", data.example_note, " (data.val_limit = ", config.data.val_limit, ")");
     return n;
   }
 };

@@ -32,15 +32,22 @@ struct RunConfig {
   std::string run_dir = "runs/train";  // used when the CLI gets no --run-dir
 };
 
-struct ModelConfig {
-  std::string kind = "gpt";  // "gpt" | "mlp" | "cnn"
-  // gpt (vocab_size comes from the data)
+// The gpt's shape, one definition for its [model] keys (ModelConfig) and for
+// the model itself (GPTConfig in models.h adds the vocabulary, which comes
+// from the data).
+struct GPTShape {
   int64_t n_layer = 4;
   int64_t n_head = 4;
-  int64_t n_embd = 128;
-  int64_t block_size = 128;
+  int64_t n_embd = 128;      // must be divisible by n_head
+  int64_t block_size = 128;  // maximum sequence length (rows of wpe)
   bool qk_norm = false;
-  double dropout = 0.0;
+  double dropout = 0.0;      // applied (in training mode) after the embedding,
+                             // to the attention weights and to both residual branches
+};
+
+// The [model] table: the gpt's GPTShape, then the image classifiers' widths.
+struct ModelConfig : GPTShape {
+  std::string kind = "gpt";  // "gpt" | "mlp" | "cnn" (the model kinds of src/train/task.cpp)
   // mlp: hidden layer widths
   std::vector<int64_t> hidden = {256, 256};
   // cnn: the two convolution widths and the fully connected hidden width

@@ -23,6 +23,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace specopt {
 
@@ -139,6 +140,26 @@ std::string kjv_text_file(const std::string& cache_dir = default_cache_dir());
 // starting at a line start (inside Acts 22).
 std::pair<TokenDataset, TokenDataset> kjv_train_val(const std::string& cache_dir = default_cache_dir());
 
+// ---- samplers of training batches ---------------------------------------------
+
+// A sampler's whole state as named integers, seed first, then the position
+// (the seed, a uint64, as its int64 bit pattern). A trainer checkpoint stores
+// entry NAME as "data_NAME" (docs/training.md), whatever the data kind.
+using SamplerState = std::vector<std::pair<std::string, int64_t>>;
+
+// The training-batch samplers below behind one interface: the trainer draws,
+// saves and restores batches without knowing the data kind.
+class BatchSampler {
+ public:
+  virtual ~BatchSampler() = default;
+  // The next (inputs, targets) batch.
+  virtual std::pair<at::Tensor, at::Tensor> next() = 0;
+  virtual SamplerState named_state() const = 0;
+  // Restores a named_state() of a sampler of the same kind (same names in the
+  // same order, else c10::Error), checked as the typed set_state.
+  virtual void set_named_state(const SamplerState& state) = 0;
+};
+
 // Random-offset training batches whose state is two integers: batch number k
 // is TokenDataset::batch with a CPU generator seeded with
 // splitmix64(seed ⊕ splitmix64(k)), so resuming at step k needs only (seed, k).
@@ -146,14 +167,16 @@ struct TokenSamplerState {
   uint64_t seed = 0;
   int64_t step = 0;  // number of batches drawn so far
 };
-class TokenBatchSampler {
+class TokenBatchSampler : public BatchSampler {
  public:
   TokenBatchSampler(TokenDataset data, int64_t batch_size, int64_t block_size, uint64_t seed);
-  std::pair<at::Tensor, at::Tensor> next();
+  std::pair<at::Tensor, at::Tensor> next() override;
   // Batch number k, without changing the state.
   std::pair<at::Tensor, at::Tensor> batch(int64_t k) const;
   const TokenSamplerState& state() const { return state_; }
   void set_state(const TokenSamplerState& state);
+  SamplerState named_state() const override;  // seed, step
+  void set_named_state(const SamplerState& state) override;
   const TokenDataset& data() const { return data_; }
 
  private:
@@ -206,13 +229,15 @@ struct EpochSamplerState {
   int64_t epoch = 0;
   int64_t cursor = 0;  // index of the next sample within the epoch's permutation
 };
-class ImageBatchSampler {
+class ImageBatchSampler : public BatchSampler {
  public:
   ImageBatchSampler(ImageDataset data, int64_t batch_size, uint64_t seed, bool drop_last = true);
-  std::pair<at::Tensor, at::Tensor> next();  // moves to the next epoch when one is done
+  std::pair<at::Tensor, at::Tensor> next() override;  // moves to the next epoch when one is done
   int64_t batches_per_epoch() const;
   const EpochSamplerState& state() const { return state_; }
   void set_state(const EpochSamplerState& state);
+  SamplerState named_state() const override;  // seed, epoch, cursor
+  void set_named_state(const SamplerState& state) override;
   const ImageDataset& data() const { return data_; }
 
  private:

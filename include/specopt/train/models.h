@@ -30,6 +30,8 @@
 // modded-nanogpt; it adds no parameters.
 #pragma once
 
+#include "specopt/train/config.h"  // GPTShape
+
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/container/moduledict.h>
@@ -44,15 +46,10 @@
 
 namespace specopt {
 
-struct GPTConfig {
+// The shape (GPTShape of config.h: n_layer, n_head, n_embd, block_size,
+// qk_norm, dropout, the defaults of the [model] table) and the vocabulary.
+struct GPTConfig : GPTShape {
   int64_t vocab_size = 256;
-  int64_t block_size = 256;  // maximum sequence length (rows of wpe)
-  int64_t n_layer = 4;
-  int64_t n_head = 4;
-  int64_t n_embd = 128;      // must be divisible by n_head
-  bool qk_norm = false;
-  double dropout = 0.0;      // applied (in training mode) after the embedding,
-                             // to the attention weights and to both residual branches
 };
 
 // Throws c10::Error naming the bad field (non-positive sizes, n_embd % n_head,
