@@ -151,7 +151,7 @@ specopt::OptimizerSpec spec_for(const std::string& variant) {
 
 // One training step on this rank's shard of the global batch (the whole batch
 // when comm is null).
-void train_steps(const Named& params, specopt::SpectralOptimizer& opt, int from, int to,
+void train_steps(const Named& params, specopt::CompositeOptimizer& opt, int from, int to,
                  const std::shared_ptr<Communicator>& comm, ShardedStep* sharded) {
   std::unique_ptr<GradientSynchronizer> sync;
   if (comm) sync = std::make_unique<GradientSynchronizer>(comm, /*bucket_mb=*/0.0005);  // several buckets
@@ -181,13 +181,13 @@ std::vector<at::Tensor> values(const Named& params) {
   return out;
 }
 
-size_t state_entries(specopt::SpectralOptimizer& opt) {
+size_t state_entries(specopt::CompositeOptimizer& opt) {
   size_t n = 0;
   for (auto* o : opt.optimizers()) n += o->state().size();
   return n;
 }
 
-void save_checkpoint(const fs::path& path, const Named& params, specopt::SpectralOptimizer& opt) {
+void save_checkpoint(const fs::path& path, const Named& params, specopt::CompositeOptimizer& opt) {
   torch::serialize::OutputArchive archive;
   for (const auto& np : params) archive.write("param." + np.first, np.second.detach());
   torch::serialize::OutputArchive optim;
@@ -196,7 +196,7 @@ void save_checkpoint(const fs::path& path, const Named& params, specopt::Spectra
   archive.save_to(path.string());
 }
 
-void load_checkpoint(const fs::path& path, const Named& params, specopt::SpectralOptimizer& opt) {
+void load_checkpoint(const fs::path& path, const Named& params, specopt::CompositeOptimizer& opt) {
   torch::serialize::InputArchive archive;
   archive.load_from(path.string());
   at::NoGradGuard no_grad;

@@ -87,7 +87,7 @@ std::vector<at::Tensor> capture(const RunSpec& run) {
   int64_t t = 0;
   specopt::Trainer* trainer = nullptr;
   specopt::TrainHooks hooks;
-  hooks.step_optimizer = [&](specopt::SpectralOptimizer& opt) {
+  hooks.step_optimizer = [&](specopt::CompositeOptimizer& opt) {
     ++t;
     for (const auto& item : trainer->model().named_parameters()) {
       const at::Tensor& p = item.value();

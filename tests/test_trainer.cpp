@@ -512,7 +512,7 @@ TEST(Trainer, OptimizerRefusingNonFiniteGradientsIsDivergence) {
   // A gradient that turns non-finite after the trainer's own check (here in a
   // custom optimizer step): the optimizer throws, the trainer reports divergence.
   specopt::TrainHooks h;
-  h.step_optimizer = [](specopt::SpectralOptimizer& opt) {
+  h.step_optimizer = [](specopt::CompositeOptimizer& opt) {
     opt.optimizers()[0]->param_groups()[0].params()[0].mutable_grad().fill_(NAN);
     opt.step();
   };
@@ -525,7 +525,7 @@ TEST(Trainer, OptimizerRefusingNonFiniteGradientsIsDivergence) {
   const auto after = t.model().parameters();
   for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(torch::equal(after[i], before[i]));
   // Any other optimizer error is an error, not a divergence.
-  h.step_optimizer = [](specopt::SpectralOptimizer&) { TORCH_CHECK(false, "disk on fire"); };
+  h.step_optimizer = [](specopt::CompositeOptimizer&) { TORCH_CHECK(false, "disk on fire"); };
   specopt::Trainer t2(make_config(kGpt, {}), h);
   EXPECT_NE(error_of([&] { t2.step(); }).find("disk on fire"), std::string::npos);
 }

@@ -111,10 +111,10 @@ size_t lines_of(const std::string& path) {
 
 // Quiet training options whose optimizer step runs `after` once, right
 // after the step with 1-based index `at` (to corrupt the state at a known step).
-specopt::TrainOptions quiet_with_fault_after_step(int at, std::function<void(specopt::SpectralOptimizer&)> after) {
+specopt::TrainOptions quiet_with_fault_after_step(int at, std::function<void(specopt::CompositeOptimizer&)> after) {
   specopt::TrainOptions o;
   o.progress = specopt::ProgressMode::kQuiet;
-  o.hooks.step_optimizer = [at, after, calls = 0](specopt::SpectralOptimizer& opt) mutable {
+  o.hooks.step_optimizer = [at, after, calls = 0](specopt::CompositeOptimizer& opt) mutable {
     opt.step();
     if (++calls == at) after(opt);
   };
@@ -127,7 +127,7 @@ TEST(Divergence, NonFiniteWeightsEndTheRunAtThatStepAndKeepTheLastGoodCheckpoint
   // Step 3 writes NaN into a weight (as eps = 0 in float32 did): the run must
   // end as diverged at step 3, with the step-2 checkpoint left on disk.
   const std::string dir = test_dir();
-  const auto o = quiet_with_fault_after_step(3, [](specopt::SpectralOptimizer& opt) {
+  const auto o = quiet_with_fault_after_step(3, [](specopt::CompositeOptimizer& opt) {
     opt.optimizers()[0]->param_groups()[0].params()[0].detach().view(-1)[7] = NAN;
   });
   const TrainConfig c = mlp({"train.checkpoint_every=1"});
@@ -170,7 +170,7 @@ TEST(Divergence, TheTransformRefusingNonFiniteInputIsDivergenceNotAFailure) {
   // or Inf". That is a diverged step, not an error.
   int calls = 0;
   specopt::TrainHooks h;
-  h.step_optimizer = [&](specopt::SpectralOptimizer& opt) {
+  h.step_optimizer = [&](specopt::CompositeOptimizer& opt) {
     if (++calls == 2)
       for (auto* o : opt.optimizers())
         for (auto& kv : o->state())
@@ -192,7 +192,7 @@ TEST(Divergence, AFiniteBlowUpIsDivergedNotFinished) {
   // After step 5 every weight is scaled by 100: the logits grow ~10^4-fold,
   // the loss to ~10^4 — finite, but far above 10 × the initial ln(10).
   const std::string dir = test_dir();
-  const auto o = quiet_with_fault_after_step(5, [](specopt::SpectralOptimizer& opt) {
+  const auto o = quiet_with_fault_after_step(5, [](specopt::CompositeOptimizer& opt) {
     torch::NoGradGuard no_grad;
     for (auto* op : opt.optimizers())
       for (auto& g : op->param_groups())

@@ -70,7 +70,7 @@ def _archive_dict(module):
 
 
 def _optimizer(archive):
-    """The SpectralOptimizer archive (core/make_optimizer.h: the composite, then per underlying
+    """The CompositeOptimizer archive (core/make_optimizer.h: the composite, then per underlying
     optimizer spectral_optimizers.cpp's SpectralOptimizerBase::save) keyed by parameter name."""
     top = _attributes(archive)
     if top.get("kind") != "SpectralOptimizer":

@@ -1,4 +1,4 @@
-// make_optimizer and SpectralOptimizer: the study's parameter grouping over
+// make_optimizer and CompositeOptimizer: the study's parameter grouping over
 // SpectralAdamW / SpectralSGD (see make_optimizer.h).
 #include "specopt/core/make_optimizer.h"
 
@@ -22,6 +22,8 @@ using torch::optim::OptimizerParamGroup;
 
 namespace {
 
+// The archive's "kind": the class's name before it became CompositeOptimizer, kept
+// because checkpoint files carry it (train/checkpoint.h).
 constexpr const char* kArchiveKind = "SpectralOptimizer";
 
 bool matches_any(const std::string& name, const std::vector<std::string>& patterns) {
@@ -40,25 +42,25 @@ void set_group_p(OptimizerOptions& o, double p) {
   } else if (auto* s = dynamic_cast<SpectralSGDOptions*>(&o)) {
     s->p(p);
   } else {
-    TORCH_CHECK(false, "SpectralOptimizer::set_p: group options are not spectral options");
+    TORCH_CHECK(false, "CompositeOptimizer::set_p: group options are not spectral options");
   }
 }
 
 double group_p(const OptimizerOptions& o) {
   if (auto* a = dynamic_cast<const SpectralAdamWOptions*>(&o)) return a->p();
   if (auto* s = dynamic_cast<const SpectralSGDOptions*>(&o)) return s->p();
-  TORCH_CHECK(false, "SpectralOptimizer::p: group options are not spectral options");
+  TORCH_CHECK(false, "CompositeOptimizer::p: group options are not spectral options");
 }
 
 c10::IValue get(torch::serialize::InputArchive& a, const std::string& key) {
   c10::IValue v;
-  TORCH_CHECK(a.try_read(key, v), "SpectralOptimizer load: missing entry '", key, "'");
+  TORCH_CHECK(a.try_read(key, v), "CompositeOptimizer load: missing entry '", key, "'");
   return v;
 }
 
 }  // namespace
 
-SpectralOptimizer::SpectralOptimizer(Variant variant,
+CompositeOptimizer::CompositeOptimizer(Variant variant,
                                      std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers,
                                      std::vector<Group> groups, std::vector<std::string> parameter_names)
     : variant_(std::move(variant)),
@@ -69,7 +71,7 @@ SpectralOptimizer::SpectralOptimizer(Variant variant,
     const auto& params = optimizers_.at(g.optimizer)->param_groups().at(g.group).params();
     params_.insert(params_.end(), params.begin(), params.end());
   }
-  TORCH_CHECK(params_.size() == names_.size(), "SpectralOptimizer: ", params_.size(), " parameters but ",
+  TORCH_CHECK(params_.size() == names_.size(), "CompositeOptimizer: ", params_.size(), " parameters but ",
               names_.size(), " names");
   // step() checks all gradients at once, so a NaN in one optimizer's
   // parameters cannot leave the other one stepped.
@@ -77,7 +79,7 @@ SpectralOptimizer::SpectralOptimizer(Variant variant,
     if (auto* base = dynamic_cast<SpectralOptimizerBase*>(opt.get())) base->set_check_finite_grads(false);
 }
 
-bool SpectralOptimizer::step() {
+bool CompositeOptimizer::step() {
   std::vector<at::Tensor> grads;
   grads.reserve(params_.size());
   for (const auto& w : params_) grads.push_back(w.grad());
@@ -89,36 +91,36 @@ bool SpectralOptimizer::step() {
   return true;
 }
 
-void SpectralOptimizer::zero_grad() {
+void CompositeOptimizer::zero_grad() {
   for (auto& opt : optimizers_) compat::zero_grad(*opt, /*set_to_none=*/true);
 }
 
-void SpectralOptimizer::set_lr(double lr_matrix, double lr_vector) {
-  TORCH_CHECK(std::isfinite(lr_matrix) && lr_matrix >= 0, "SpectralOptimizer: invalid lr_matrix: ", lr_matrix);
-  TORCH_CHECK(std::isfinite(lr_vector) && lr_vector >= 0, "SpectralOptimizer: invalid lr_vector: ", lr_vector);
+void CompositeOptimizer::set_lr(double lr_matrix, double lr_vector) {
+  TORCH_CHECK(std::isfinite(lr_matrix) && lr_matrix >= 0, "CompositeOptimizer: invalid lr_matrix: ", lr_matrix);
+  TORCH_CHECK(std::isfinite(lr_vector) && lr_vector >= 0, "CompositeOptimizer: invalid lr_vector: ", lr_vector);
   for (const auto& g : groups_)
     group_options(*optimizers_[g.optimizer], g.group).set_lr(g.matrix ? lr_matrix : lr_vector);
 }
 
-void SpectralOptimizer::set_p(double p) {
-  TORCH_CHECK(p_in_range(p), "SpectralOptimizer: p must lie in [-0.5, 1], got ", p);
+void CompositeOptimizer::set_p(double p) {
+  TORCH_CHECK(p_in_range(p), "CompositeOptimizer: p must lie in [-0.5, 1], got ", p);
   for (const auto& g : groups_)
     if (g.matrix) set_group_p(group_options(*optimizers_[g.optimizer], g.group), p);
 }
 
-double SpectralOptimizer::p() const {
+double CompositeOptimizer::p() const {
   for (const auto& g : groups_)
     if (g.matrix) return group_p(optimizers_[g.optimizer]->param_groups().at(g.group).options());
   return variant_.p;
 }
 
-std::vector<torch::optim::Optimizer*> SpectralOptimizer::optimizers() {
+std::vector<torch::optim::Optimizer*> CompositeOptimizer::optimizers() {
   std::vector<torch::optim::Optimizer*> out;
   for (auto& opt : optimizers_) out.push_back(opt.get());
   return out;
 }
 
-void SpectralOptimizer::save(torch::serialize::OutputArchive& archive) const {
+void CompositeOptimizer::save(torch::serialize::OutputArchive& archive) const {
   archive.write("kind", c10::IValue(std::string(kArchiveKind)));
   archive.write("family", c10::IValue(family_name(variant_.family)));
   archive.write("names.size", c10::IValue(static_cast<int64_t>(names_.size())));
@@ -131,23 +133,23 @@ void SpectralOptimizer::save(torch::serialize::OutputArchive& archive) const {
   }
 }
 
-void SpectralOptimizer::load(torch::serialize::InputArchive& archive) {
+void CompositeOptimizer::load(torch::serialize::InputArchive& archive) {
   c10::IValue kind;
   TORCH_CHECK(archive.try_read("kind", kind) && kind.isString() && kind.toStringRef() == kArchiveKind,
-              "SpectralOptimizer load: the archive holds no SpectralOptimizer state");
+              "CompositeOptimizer load: the archive holds no CompositeOptimizer state");
   const std::string family = get(archive, "family").toStringRef();
-  TORCH_CHECK(family == family_name(variant_.family), "SpectralOptimizer load: the archive is of the ", family,
+  TORCH_CHECK(family == family_name(variant_.family), "CompositeOptimizer load: the archive is of the ", family,
               " family, this optimizer is ", variant_.name, " (", family_name(variant_.family), " family)");
   const int64_t n = get(archive, "names.size").toInt();
-  TORCH_CHECK(n == static_cast<int64_t>(names_.size()), "SpectralOptimizer load: the archive has ", n,
+  TORCH_CHECK(n == static_cast<int64_t>(names_.size()), "CompositeOptimizer load: the archive has ", n,
               " parameters, this optimizer has ", names_.size());
   for (int64_t i = 0; i < n; ++i) {
     const std::string saved = get(archive, "name." + std::to_string(i)).toStringRef();
-    TORCH_CHECK(saved == names_[i], "SpectralOptimizer load: parameter ", i, " is '", saved,
+    TORCH_CHECK(saved == names_[i], "CompositeOptimizer load: parameter ", i, " is '", saved,
                 "' in the archive but '", names_[i], "' in this optimizer");
   }
   const int64_t count = get(archive, "optimizers").toInt();
-  TORCH_CHECK(count == static_cast<int64_t>(optimizers_.size()), "SpectralOptimizer load: the archive has ",
+  TORCH_CHECK(count == static_cast<int64_t>(optimizers_.size()), "CompositeOptimizer load: the archive has ",
               count, " optimizers, this one has ", optimizers_.size());
   for (size_t k = 0; k < optimizers_.size(); ++k) {
     torch::serialize::InputArchive sub;
@@ -222,10 +224,10 @@ struct GroupPlan {
   bool matrix;
 };
 
-// The optimizers being built and the SpectralOptimizer's records of their groups.
+// The optimizers being built and the CompositeOptimizer's records of their groups.
 struct Assembly {
   std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers;
-  std::vector<SpectralOptimizer::Group> groups;
+  std::vector<CompositeOptimizer::Group> groups;
   std::vector<std::string> names;
 
   // One Optimizer over the plans' non-empty parts (none if all are empty).
@@ -250,7 +252,7 @@ struct Assembly {
 
 }  // namespace
 
-std::unique_ptr<SpectralOptimizer> make_optimizer(
+std::unique_ptr<CompositeOptimizer> make_optimizer(
     const std::vector<std::pair<std::string, at::Tensor>>& named_parameters, const OptimizerSpec& spec) {
   const Variant variant = parse_variant(spec.variant);
   check_spec(spec, named_parameters.size());
@@ -272,13 +274,13 @@ std::unique_ptr<SpectralOptimizer> make_optimizer(
     a.add<SpectralSGD>(m, {{&parts.matrices, m, true}, {&parts.split, split, true}});
     a.add<SpectralAdamW>(vectors, {{&parts.vectors, vectors, false}});
   }
-  auto opt = std::make_unique<SpectralOptimizer>(variant, std::move(a.optimizers), std::move(a.groups),
+  auto opt = std::make_unique<CompositeOptimizer>(variant, std::move(a.optimizers), std::move(a.groups),
                                                  std::move(a.names));
   opt->set_on_nonfinite(spec.on_nonfinite);
   return opt;
 }
 
-std::unique_ptr<SpectralOptimizer> make_optimizer(
+std::unique_ptr<CompositeOptimizer> make_optimizer(
     const torch::OrderedDict<std::string, at::Tensor>& named_parameters, const OptimizerSpec& spec) {
   std::vector<std::pair<std::string, at::Tensor>> pairs;
   for (const auto& item : named_parameters) pairs.emplace_back(item.key(), item.value());

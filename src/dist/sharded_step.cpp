@@ -139,7 +139,7 @@ void ShardedStep::drop_unowned_state(const std::vector<torch::optim::Optimizer*>
   }
 }
 
-std::vector<std::pair<std::string, at::Tensor>> named_parameters_of(SpectralOptimizer& optimizer) {
+std::vector<std::pair<std::string, at::Tensor>> named_parameters_of(CompositeOptimizer& optimizer) {
   // make_optimizer lists names optimizer by optimizer, group by group.
   std::vector<std::pair<std::string, at::Tensor>> out;
   const auto& names = optimizer.parameter_names();
@@ -166,23 +166,23 @@ TrainHooks make_train_hooks(std::shared_ptr<Communicator> comm, const TrainHookO
 
   struct Shared {
     std::unique_ptr<ShardedStep> sharded;
-    const SpectralOptimizer* built_for = nullptr;
+    const CompositeOptimizer* built_for = nullptr;
   };
   auto shared = std::make_shared<Shared>();
-  auto sharded_for = [comm, shared](SpectralOptimizer& opt) -> ShardedStep& {
+  auto sharded_for = [comm, shared](CompositeOptimizer& opt) -> ShardedStep& {
     if (!shared->sharded || shared->built_for != &opt) {
       shared->sharded = std::make_unique<ShardedStep>(comm, named_parameters_of(opt));
       shared->built_for = &opt;
     }
     return *shared->sharded;
   };
-  hooks.step_optimizer = [sharded_for](SpectralOptimizer& opt) {
+  hooks.step_optimizer = [sharded_for](CompositeOptimizer& opt) {
     sharded_for(opt).step([&opt] { opt.step(); });
   };
-  hooks.before_save = [sharded_for](SpectralOptimizer& opt) {
+  hooks.before_save = [sharded_for](CompositeOptimizer& opt) {
     sharded_for(opt).gather_full_state(opt.optimizers());
   };
-  auto trim = [sharded_for](SpectralOptimizer& opt) { sharded_for(opt).drop_unowned_state(opt.optimizers()); };
+  auto trim = [sharded_for](CompositeOptimizer& opt) { sharded_for(opt).drop_unowned_state(opt.optimizers()); };
   hooks.after_save = trim;
   hooks.after_load = trim;
   return hooks;

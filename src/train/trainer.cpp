@@ -90,7 +90,7 @@ int64_t Trainer::steps_done() const { return impl_->step; }
 double Trainer::val_accuracy() const { return impl_->last_val_accuracy; }
 const TrainConfig& Trainer::config() const { return impl_->config; }
 torch::nn::Module& Trainer::model() { return *impl_->model.module; }
-SpectralOptimizer& Trainer::optimizer() { return *impl_->optimizer; }
+CompositeOptimizer& Trainer::optimizer() { return *impl_->optimizer; }
 RunTotals& Trainer::totals() { return impl_->totals; }
 const std::string& Trainer::item_unit() const { return impl_->data.unit; }
 

@@ -36,7 +36,7 @@ struct Trainer::Impl {
   double last_val_accuracy = std::numeric_limits<double>::quiet_NaN();  // of the last evaluate()
   std::vector<at::Tensor> params;
 
-  std::unique_ptr<SpectralOptimizer> optimizer;
+  std::unique_ptr<CompositeOptimizer> optimizer;
   PSchedule p_schedule;
   int64_t step = 0;
   RunTotals totals;

@@ -5,7 +5,7 @@
 //   Adam family: one SpectralAdamW with both groups (the vector group has p = 1).
 //   mSGD family: a SpectralSGD for the matrices and a SpectralAdamW with p = 1
 //                (= AdamW) for the vectors, as the study did.
-// SpectralOptimizer wraps the one or two optimizers so trainers see one object.
+// CompositeOptimizer wraps the one or two optimizers so trainers see one object.
 #pragma once
 
 #include "specopt/core/optimizer_spec.h"
@@ -25,7 +25,7 @@
 
 namespace specopt {
 
-class SpectralOptimizer {
+class CompositeOptimizer {
  public:
   // One parameter group of one of the underlying optimizers.
   struct Group {
@@ -34,7 +34,7 @@ class SpectralOptimizer {
     bool matrix;       // matrix group (lr_matrix, p) or vector group (lr_vector, p = 1)
   };
   // Use make_optimizer().
-  SpectralOptimizer(Variant variant,
+  CompositeOptimizer(Variant variant,
                     std::vector<std::unique_ptr<torch::optim::Optimizer>> optimizers,
                     std::vector<Group> groups, std::vector<std::string> parameter_names);
 
@@ -70,12 +70,16 @@ class SpectralOptimizer {
   int64_t skipped_steps_ = 0;
 };
 
+// The composite's earlier name (it is not a torch::optim::Optimizer, unlike
+// SpectralOptimizerBase), kept so that existing code still compiles.
+using SpectralOptimizer [[deprecated("renamed CompositeOptimizer")]] = CompositeOptimizer;
+
 // Throws c10::Error naming the bad value (unknown variant, negative lr, ...),
 // or if the parameter list is empty / has duplicate names.
-std::unique_ptr<SpectralOptimizer> make_optimizer(
+std::unique_ptr<CompositeOptimizer> make_optimizer(
     const std::vector<std::pair<std::string, at::Tensor>>& named_parameters,
     const OptimizerSpec& spec);
-std::unique_ptr<SpectralOptimizer> make_optimizer(
+std::unique_ptr<CompositeOptimizer> make_optimizer(
     const torch::OrderedDict<std::string, at::Tensor>& named_parameters, const OptimizerSpec& spec);
 
 }  // namespace specopt

@@ -81,7 +81,7 @@ class ShardedStep {
 };
 
 // Pairs each parameter of `optimizer` with its name, in parameter_names() order.
-std::vector<std::pair<std::string, at::Tensor>> named_parameters_of(SpectralOptimizer& optimizer);
+std::vector<std::pair<std::string, at::Tensor>> named_parameters_of(CompositeOptimizer& optimizer);
 
 struct TrainHookOptions {
   TORCH_ARG(double, bucket_mb) = 25.0;  // gradient all-reduce bucket size

@@ -1,4 +1,4 @@
-// The trainer: one TrainConfig → a model, its data and a SpectralOptimizer,
+// The trainer: one TrainConfig → a model, its data and a CompositeOptimizer,
 // trained with warm-up + decay schedules, gradient accumulation, global
 // gradient-norm clipping, periodic validation, divergence detection and
 // versioned, resumable checkpoints. A run writes a run directory (run_dir.h,
@@ -45,7 +45,7 @@ struct TrainHooks {
   // Gradient synchronisation over the model parameters (those with a gradient).
   std::function<void(const std::vector<at::Tensor>& params)> after_backward;
   // Replaces optimizer.step() (e.g. a sharded step followed by a broadcast).
-  std::function<void(SpectralOptimizer& optimizer)> step_optimizer;
+  std::function<void(CompositeOptimizer& optimizer)> step_optimizer;
   // In-place sum of a small float64 CPU tensor over all ranks.
   std::function<void(at::Tensor& values)> all_reduce_sum;
   // Checkpoints when optimizer state is spread over the ranks (train() calls
@@ -53,7 +53,7 @@ struct TrainHooks {
   // (collective: e.g. gather the state to rank 0), after_save after it, and
   // after_load after a checkpoint was loaded for --resume (e.g. drop the
   // state of parameters that other ranks own).
-  std::function<void(SpectralOptimizer& optimizer)> before_save, after_save, after_load;
+  std::function<void(CompositeOptimizer& optimizer)> before_save, after_save, after_load;
 
   bool is_main_process() const { return rank == 0; }
 };
@@ -143,7 +143,7 @@ class Trainer {
   int64_t steps_done() const;
   const TrainConfig& config() const;
   torch::nn::Module& model();
-  SpectralOptimizer& optimizer();
+  CompositeOptimizer& optimizer();
   RunTotals& totals();
   // "tokens" (gpt) or "samples" (images).
   const std::string& item_unit() const;
