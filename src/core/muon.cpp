@@ -183,17 +183,15 @@ void muon_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads,
 Muon::Muon(std::vector<torch::optim::OptimizerParamGroup> param_groups, MuonOptions defaults)
     : SpectralOptimizerBase(std::move(param_groups), std::make_unique<MuonOptions>(defaults)) {
   defaults.check();
-  for (size_t g = 0; g < param_groups_.size(); ++g) {
-    static_cast<const MuonOptions&>(param_groups_[g].options()).check();
-    check_matrices(g);
-  }
+  for (size_t g = 0; g < param_groups_.size(); ++g) check_param_group(g);
 }
 
 Muon::Muon(std::vector<at::Tensor> params, MuonOptions defaults)
     : Muon(std::vector<torch::optim::OptimizerParamGroup>{torch::optim::OptimizerParamGroup(std::move(params))},
            std::move(defaults)) {}
 
-void Muon::check_matrices(size_t group) const {
+void Muon::check_param_group(size_t group) const {
+  static_cast<const MuonOptions&>(param_groups_[group].options()).check();
   const auto& params = param_groups_[group].params();
   for (size_t i = 0; i < params.size(); ++i)
     TORCH_CHECK(params[i].dim() == 2, "Muon only supports 2-D parameters: ", parameter_name(group, i),
@@ -210,15 +208,7 @@ void Muon::check_loaded_state(const OptimizerParamState& state, const at::Tensor
 
 at::Tensor Muon::step(LossClosure closure) {
   at::Tensor loss;
-  if (closure) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
-  for (size_t g = 0; g < param_groups_.size(); ++g) {
-    static_cast<const MuonOptions&>(param_groups_[g].options()).check();
-    check_matrices(g);  // groups may have been added since
-  }
-  if (!check_grads()) return loss;  // on_nonfinite = skip_step
+  if (!begin_step(closure, loss)) return loss;  // on_nonfinite = skip_step
 
   for (auto& group : param_groups_) {
     const auto& o = static_cast<const MuonOptions&>(group.options());

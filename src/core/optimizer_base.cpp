@@ -41,6 +41,15 @@ std::string SpectralOptimizerBase::parameter_name(size_t group, size_t index) co
   return os.str();
 }
 
+bool SpectralOptimizerBase::begin_step(const LossClosure& closure, at::Tensor& loss) {
+  if (closure) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  for (size_t g = 0; g < param_groups_.size(); ++g) check_param_group(g);
+  return check_grads();
+}
+
 bool SpectralOptimizerBase::check_grads() {
   if (!check_finite_grads_) return true;
   std::vector<at::Tensor> grads;

@@ -74,19 +74,15 @@ void SpectralAdamW::check_loaded_state(const OptimizerParamState& state, const a
   check_state_tensor(s.exp_avg_sq(), param, "exp_avg_sq", name);
 }
 
+void SpectralAdamW::check_param_group(size_t group) const {
+  const auto& o = static_cast<const SpectralAdamWOptions&>(param_groups_[group].options());
+  o.check();
+  check_row_blocks(group, o.row_blocks());
+}
+
 at::Tensor SpectralAdamW::step(LossClosure closure) {
   at::Tensor loss;
-  if (closure) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
-  // Validate everything before anything changes.
-  for (size_t g = 0; g < param_groups_.size(); ++g) {
-    const auto& o = static_cast<const SpectralAdamWOptions&>(param_groups_[g].options());
-    o.check();
-    check_row_blocks(g, o.row_blocks());
-  }
-  if (!check_grads()) return loss;  // on_nonfinite = skip_step
+  if (!begin_step(closure, loss)) return loss;  // on_nonfinite = skip_step
 
   at::NoGradGuard no_grad;
   for (auto& group : param_groups_) {

@@ -67,18 +67,15 @@ void SpectralSGD::check_loaded_state(const OptimizerParamState& state, const at:
                      "momentum_buffer", name);
 }
 
+void SpectralSGD::check_param_group(size_t group) const {
+  const auto& o = static_cast<const SpectralSGDOptions&>(param_groups_[group].options());
+  o.check();
+  check_row_blocks(group, o.row_blocks());
+}
+
 at::Tensor SpectralSGD::step(LossClosure closure) {
   at::Tensor loss;
-  if (closure) {
-    at::AutoGradMode enable_grad(true);
-    loss = closure();
-  }
-  for (size_t g = 0; g < param_groups_.size(); ++g) {
-    const auto& o = static_cast<const SpectralSGDOptions&>(param_groups_[g].options());
-    o.check();
-    check_row_blocks(g, o.row_blocks());
-  }
-  if (!check_grads()) return loss;  // on_nonfinite = skip_step
+  if (!begin_step(closure, loss)) return loss;  // on_nonfinite = skip_step
 
   at::NoGradGuard no_grad;
   for (auto& group : param_groups_) {

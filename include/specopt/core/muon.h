@@ -113,9 +113,8 @@ class Muon : public SpectralOptimizerBase {
   std::unique_ptr<torch::optim::OptimizerParamState> make_state() const override;
   void check_loaded_state(const torch::optim::OptimizerParamState& state, const at::Tensor& param,
                           const std::string& name) const override;
-
- private:
-  void check_matrices(size_t group) const;
+  // The options' check(), and that every parameter is a matrix.
+  void check_param_group(size_t group) const override;
 };
 
 }  // namespace specopt

@@ -1,7 +1,7 @@
-// What SpectralAdamW and SpectralSGD share (layer 3): parameter names for
-// error messages, and save/load of the full state keyed by (group index,
-// parameter index) with layout checks, independent of how the LibTorch version
-// keys Optimizer::state_ (see compat.h).
+// What SpectralAdamW, SpectralSGD and Muon share (layer 3): parameter names
+// for error messages, the checks that open every step, and save/load of the
+// full state keyed by (group index, parameter index) with layout checks,
+// independent of how the LibTorch version keys Optimizer::state_ (see compat.h).
 #pragma once
 
 #include "specopt/core/update_rules.h"
@@ -48,6 +48,14 @@ class SpectralOptimizerBase : public torch::optim::Optimizer {
   int64_t skipped_steps() const { return skipped_steps_; }
 
  protected:
+  // The opening of every step(): the closure's loss (with grad mode on, as
+  // torch's optimizers), then check_param_group for every group (groups and their
+  // options may have changed since the last step) and check_grads, all before
+  // anything changes. False: skip the step (a non-finite gradient under
+  // kSkipStep); `loss` is set either way.
+  bool begin_step(const LossClosure& closure, at::Tensor& loss);
+  // Throws c10::Error naming the bad option or parameter of group `group`.
+  virtual void check_param_group(size_t group) const = 0;
   // False (the step is skipped) if a gradient is non-finite under kSkipStep;
   // under kRaise throws, naming the parameter. True when unchecked.
   bool check_grads();

@@ -68,6 +68,8 @@ class SpectralAdamW : public SpectralOptimizerBase {
   std::string kind() const override { return "SpectralAdamW"; }
   std::unique_ptr<torch::optim::OptimizerOptions> make_options() const override;
   std::unique_ptr<torch::optim::OptimizerParamState> make_state() const override;
+  // The options' check(), and that row_blocks divides every matrix's dim 0.
+  void check_param_group(size_t group) const override;
   void check_loaded_state(const torch::optim::OptimizerParamState& state, const at::Tensor& param,
                           const std::string& name) const override;
 };
